@@ -1,0 +1,1 @@
+"""Runnable research scripts (`python -m experiments.<name>`)."""

@@ -1,0 +1,7 @@
+"""`python -m lottery` (and `torchrun -m lottery`) runs the command line."""
+
+import sys
+
+from lottery.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `lottery` subcommand, each with `add_parser(subparsers)`."""

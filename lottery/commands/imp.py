@@ -1,0 +1,93 @@
+"""`lottery imp`: the winning-ticket search (iterative magnitude pruning) with controls."""
+
+from __future__ import annotations
+
+import argparse
+
+from lottery.build import load_data
+from lottery.cli import add_train_args, config_from_args
+from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp
+from lottery.masks import GRANULARITIES, SCOPES, SCORERS
+
+
+def _scales(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, _, value = item.partition("=")
+        out[name.strip()] = float(value)
+    return out
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "imp",
+        help="iterative magnitude pruning: find winning tickets",
+        description="Train, prune the smallest weights, reset the survivors, retrain; repeat. "
+        "Rerunning the same command resumes; a larger --rounds extends a finished search.",
+    )
+    add_train_args(p, "checkpoints/imp")
+    g = p.add_argument_group("pruning (unset flags take the model's paper defaults)")
+    g.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense round 0")
+    g.add_argument(
+        "--prune-fraction",
+        type=float,
+        default=None,
+        help="fraction of the remaining weights pruned per round (default 0.2)",
+    )
+    g.add_argument(
+        "--scope", choices=SCOPES, default=None, help="one threshold over all layers, or per layer"
+    )
+    g.add_argument(
+        "--rate-scale",
+        type=_scales,
+        default=None,
+        help="per-tensor multipliers of the rate, e.g. classifier.4.weight=0.5 (0 leaves it unpruned)",
+    )
+    g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
+    g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
+    g.add_argument(
+        "--reset",
+        choices=RESETS,
+        default="init",
+        help="init: back to θ0; rewind: to step k; lr-rewind: keep weights, replay LR from k; finetune: keep weights, small constant LR",
+    )
+    g.add_argument("--rewind-step", type=int, default=0, help="k for rewind / lr-rewind / finetune")
+    g.add_argument(
+        "--finetune-lr", type=float, default=None, help="LR for --reset finetune (default: lr/100)"
+    )
+    g.add_argument(
+        "--controls",
+        type=lambda s: tuple(filter(None, s.split(","))),
+        default=(),
+        help=f"comma-separated, from {', '.join(CONTROLS)}",
+    )
+    g.add_argument(
+        "--save-control-weights", action="store_true", help="also store the controls' final weights"
+    )
+    g.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep every round's full final checkpoint"
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.download:
+        load_data(cfg, download=True)
+    imp = IMPConfig(
+        rounds=args.rounds,
+        fraction=args.prune_fraction,
+        scope=args.scope,
+        rate_scale=args.rate_scale,
+        granularity=args.granularity,
+        criterion=args.criterion,
+        reset=args.reset,
+        rewind_step=args.rewind_step,
+        finetune_lr=args.finetune_lr,
+        controls=args.controls,
+        save_control_weights=args.save_control_weights,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    run_imp(cfg, imp, args.out, progress=not args.no_progress)
+    print(f"summary: {args.out / 'summary.json'}")
+    return 0

@@ -1,0 +1,32 @@
+"""`lottery train`: train one (optionally masked) network with checkpoints and resume."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lottery.build import load_data, make_model
+from lottery.cli import add_train_args, config_from_args
+from lottery.masks import Mask
+from lottery.trainer import Trainer
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a network (resumes if --out holds an unfinished run)",
+        description="Train one network. Rerunning the same command resumes from the last checkpoint.",
+    )
+    add_train_args(p, "checkpoints/train")
+    p.add_argument("--mask", default=None, help="train under this mask (.npz from a lottery run)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    data = load_data(cfg, download=args.download)
+    model = make_model(cfg, data)
+    mask = Mask.load(args.mask, model) if args.mask else None
+    result = Trainer(cfg, data, model, args.out, mask=mask, progress=not args.no_progress).fit()
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0

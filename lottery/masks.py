@@ -1,0 +1,485 @@
+"""The mask engine shared by every pruning method: masks, scores, exact-count pruning, storage.
+
+A mask maps each prunable parameter's name to a boolean tensor of its shape (True = kept).
+Pruning always removes the lowest-scoring *remaining* entries, with ties broken by position, so
+counts are exact, results are deterministic and masks are nested.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lottery.storage import write_bytes_atomic
+
+MASK_FORMAT = "lottery-mask/1"
+SPARSE_FORMAT = "lottery-sparse-weights/1"
+GRANULARITIES = ("weight", "filter", "channel")
+SCOPES = ("global", "layer")
+
+
+class MaskError(ValueError):
+    """A mask that does not fit a model, or a pruning request that cannot be met."""
+
+
+@dataclass
+class Mask:
+    """Boolean keep-masks by parameter name."""
+
+    tensors: dict[str, torch.Tensor]
+
+    @classmethod
+    def ones(cls, model: nn.Module, names: Iterable[str] | None = None) -> Mask:
+        """A mask that keeps everything in `names` (default: the model's prunable tensors)."""
+        from lottery.models import prunable_names
+
+        params = dict(model.named_parameters())
+        names = list(names) if names is not None else prunable_names(model)
+        missing = [n for n in names if n not in params]
+        if missing:
+            raise MaskError(f"model has no parameter named {missing[0]!r}")
+        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+
+    def names(self) -> list[str]:
+        return list(self.tensors)
+
+    def kept(self) -> int:
+        return int(sum(int(t.sum()) for t in self.tensors.values()))
+
+    def total(self) -> int:
+        return int(sum(t.numel() for t in self.tensors.values()))
+
+    def density(self) -> float:
+        """Fraction of prunable weights kept."""
+        return self.kept() / max(1, self.total())
+
+    def sparsity(self) -> float:
+        return 1.0 - self.density()
+
+    def layer_density(self) -> dict[str, float]:
+        return {n: float(t.float().mean()) for n, t in self.tensors.items()}
+
+    def layer_counts(self) -> dict[str, tuple[int, int]]:
+        """(kept, total) per tensor."""
+        return {n: (int(t.sum()), t.numel()) for n, t in self.tensors.items()}
+
+    def to(self, device: str | torch.device) -> Mask:
+        return Mask({n: t.to(device) for n, t in self.tensors.items()})
+
+    def cpu(self) -> Mask:
+        return self.to("cpu")
+
+    def clone(self) -> Mask:
+        return Mask({n: t.clone() for n, t in self.tensors.items()})
+
+    def _combine(self, other: Mask, op: Callable) -> Mask:
+        if self.names() != other.names():
+            raise MaskError("masks cover different tensors and cannot be combined")
+        return Mask({n: op(t, other.tensors[n].to(t.device)) for n, t in self.tensors.items()})
+
+    def __and__(self, other: Mask) -> Mask:
+        return self._combine(other, torch.logical_and)
+
+    def __or__(self, other: Mask) -> Mask:
+        return self._combine(other, torch.logical_or)
+
+    def equal(self, other: Mask) -> bool:
+        """Same tensors, same shapes, same bits."""
+        return self.names() == other.names() and all(
+            torch.equal(t.cpu(), other.tensors[n].cpu()) for n, t in self.tensors.items()
+        )
+
+    def is_subset_of(self, other: Mask) -> bool:
+        """True when every weight kept here is also kept in `other` (nesting)."""
+        return all(
+            not bool((t.cpu() & ~other.tensors[n].cpu()).any()) for n, t in self.tensors.items()
+        )
+
+    def check_fits(self, model: nn.Module) -> None:
+        """Raise MaskError naming the first tensor that the model lacks or shapes differently."""
+        params = dict(model.named_parameters())
+        for n, t in self.tensors.items():
+            if n not in params:
+                raise MaskError(f"mask tensor {n!r} does not exist in the model")
+            if tuple(params[n].shape) != tuple(t.shape):
+                raise MaskError(
+                    f"mask tensor {n!r} has shape {tuple(t.shape)} but the model's parameter "
+                    f"has shape {tuple(params[n].shape)}"
+                )
+
+    @torch.no_grad()
+    def apply_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Zero pruned weights in place and, given an optimizer, their momentum/Adam moments too."""
+        self.check_fits(model)
+        params = dict(model.named_parameters())
+        for n, t in self.tensors.items():
+            p = params[n]
+            p.mul_(t.to(p.device, p.dtype))
+            if optimizer is not None:
+                for v in optimizer.state.get(p, {}).values():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        v.mul_(t.to(v.device, v.dtype))
+
+    def save(self, path: str | Path) -> None:
+        """Bit-packed (1 bit per weight) .npz with names and shapes; written atomically."""
+        header = {
+            "format": MASK_FORMAT,
+            "names": self.names(),
+            "shapes": [list(t.shape) for t in self.tensors.values()],
+        }
+        arrays = {f"bits_{i}": _pack(t) for i, t in enumerate(self.tensors.values())}
+        write_bytes_atomic(_npz_bytes(header, arrays), path)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> Mask:
+        """Read a mask saved by `save`; with `model`, check that it fits and move it to its device."""
+        header, arrays = _read_npz(path, MASK_FORMAT)
+        tensors = {
+            n: _unpack(arrays[f"bits_{i}"], shape)
+            for i, (n, shape) in enumerate(zip(header["names"], header["shapes"], strict=True))
+        }
+        mask = cls(tensors)
+        if model is not None:
+            mask.check_fits(model)
+            device = next(model.parameters()).device
+            mask = mask.to(device)
+        return mask
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Plain dict for checkpoints."""
+        return {n: t.cpu() for n, t in self.tensors.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Scores: higher = more important. A scorer maps weights by name to same-shaped score tensors.
+
+Scorer = Callable[[dict[str, torch.Tensor], torch.Generator | None], dict[str, torch.Tensor]]
+
+
+def magnitude_scores(
+    weights: dict[str, torch.Tensor], generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """|w|: the LTH criterion (Frankle & Carbin 2019)."""
+    return {n: w.detach().abs() for n, w in weights.items()}
+
+
+def random_scores(
+    weights: dict[str, torch.Tensor], generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Uniform noise from a seeded CPU generator: the random-pruning control."""
+    if generator is None:
+        raise MaskError("random scoring needs a seeded generator for reproducibility")
+    return {n: torch.rand(w.shape, generator=generator).to(w.device) for n, w in weights.items()}
+
+
+SCORERS: dict[str, Scorer] = {"magnitude": magnitude_scores, "random": random_scores}
+
+
+def register_scorer(name: str, fn: Scorer) -> None:
+    """Add a pruning criterion usable by every pruning method by name."""
+    SCORERS[name] = fn
+
+
+def score(
+    weights: dict[str, torch.Tensor], criterion: str = "magnitude", seed: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Score weights with a registered criterion (seeded where the criterion is random)."""
+    if criterion not in SCORERS:
+        raise MaskError(f"unknown pruning criterion {criterion!r}; choose from {sorted(SCORERS)}")
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    return SCORERS[criterion](weights, gen)
+
+
+def unit_scores(
+    scores: dict[str, torch.Tensor], granularity: str, norm: float = 2.0
+) -> dict[str, torch.Tensor]:
+    """Reduce per-weight scores to one score per filter (dim 0) or input channel (dim 1) by Ln norm."""
+    if granularity == "weight":
+        return scores
+    dim = {"filter": 0, "channel": 1}.get(granularity)
+    if dim is None:
+        raise MaskError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
+    out = {}
+    for n, s in scores.items():
+        if s.dim() < 2:
+            raise MaskError(f"structured pruning needs a 2-D or larger tensor, {n!r} is 1-D")
+        moved = s.movedim(dim, 0).reshape(s.shape[dim], -1)
+        out[n] = torch.linalg.vector_norm(moved.float(), ord=norm, dim=1)
+    return out
+
+
+def _expand_units(unit_mask: torch.Tensor, shape: torch.Size, granularity: str) -> torch.Tensor:
+    dim = 0 if granularity == "filter" else 1
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return unit_mask.view(view).expand(shape).clone()
+
+
+def _unit_keep(mask: torch.Tensor, granularity: str) -> torch.Tensor:
+    """A unit is still present when any of its weights is kept."""
+    dim = 0 if granularity == "filter" else 1
+    return mask.movedim(dim, 0).reshape(mask.shape[dim], -1).any(dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact-count selection.
+
+
+def _lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the k lowest entries of a 1-D tensor; ties go to the earlier position.
+
+    Selection is O(n) (kthvalue) rather than a full sort, which is what makes global pruning of a
+    ResNet-50 fast.
+    """
+    n = scores.numel()
+    if k <= 0:
+        return torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        return torch.ones(n, dtype=torch.bool, device=scores.device)
+    thr = torch.kthvalue(scores, k).values
+    below = scores < thr
+    tied = scores == thr
+    need = k - int(below.sum())
+    return below | (tied & (torch.cumsum(tied, 0) <= need))
+
+
+def _select(
+    scores: dict[str, torch.Tensor], keep: dict[str, torch.Tensor], n_pruned_after: int
+) -> dict[str, torch.Tensor]:
+    """New keep-masks with exactly `n_pruned_after` entries pruned over all given tensors.
+
+    Entries already pruned score -inf, so they stay pruned (nesting) and count toward the total.
+    """
+    names = list(scores)
+    flat = torch.cat(
+        [torch.where(keep[n].reshape(-1), scores[n].reshape(-1).float(), -math.inf) for n in names]
+    )
+    pruned = _lowest(flat, n_pruned_after)
+    out, i = {}, 0
+    for n in names:
+        size = keep[n].numel()
+        out[n] = ~pruned[i : i + size].view(keep[n].shape)
+        i += size
+    return out
+
+
+def prune(
+    mask: Mask,
+    scores: dict[str, torch.Tensor],
+    *,
+    fraction: float | None = None,
+    sparsity: float | None = None,
+    scope: str = "global",
+    granularity: str = "weight",
+    rate_scale: dict[str, float] | None = None,
+    norm: float = 2.0,
+) -> Mask:
+    """Extend `mask` by pruning the lowest-scoring remaining weights (or filters/channels).
+
+    Give either `fraction` (prune round(fraction * remaining), per layer when scope='layer') or
+    `sparsity` (a target fraction pruned of each layer / of all layers; already-pruned weights
+    count, and a target below the current sparsity prunes nothing). `rate_scale` multiplies the
+    rate of named layers, which are then pruned on their own (the LTH prunes the output layer at
+    half the rate, 0 leaves a layer unpruned); the other layers share one threshold under
+    scope='global'.
+    """
+    if (fraction is None) == (sparsity is None):
+        raise MaskError("give exactly one of fraction or sparsity")
+    rate = fraction if fraction is not None else sparsity
+    check_rate(rate, "fraction" if fraction is not None else "sparsity")
+    if scope not in SCOPES:
+        raise MaskError(f"unknown pruning scope {scope!r}; choose from {SCOPES}")
+    if granularity not in GRANULARITIES:
+        raise MaskError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
+    rate_scale = dict(rate_scale or {})
+    unknown = set(rate_scale) - set(mask.tensors)
+    if unknown:
+        raise MaskError(f"rate override for tensors the mask does not cover: {sorted(unknown)}")
+    missing = set(mask.tensors) - set(scores)
+    if missing:
+        raise MaskError(f"no scores for masked tensors: {sorted(missing)}")
+
+    units = unit_scores({n: scores[n] for n in mask.tensors}, granularity, norm)
+    if granularity == "weight":
+        keep = {n: t.to(units[n].device) for n, t in mask.tensors.items()}
+    else:
+        keep = {n: _unit_keep(t, granularity).to(units[n].device) for n, t in mask.tensors.items()}
+
+    def pruned_after(group: list[str], r: float) -> int:
+        total = sum(keep[n].numel() for n in group)
+        remaining = sum(int(keep[n].sum()) for n in group)
+        if fraction is not None:
+            return (total - remaining) + round(r * remaining)
+        return max(total - remaining, round(r * total))
+
+    if scope == "global":
+        groups = [[n for n in keep if n not in rate_scale]] + [[n] for n in rate_scale]
+    else:
+        groups = [[n] for n in keep]
+    new_keep: dict[str, torch.Tensor] = {}
+    for group in groups:
+        if not group:
+            continue
+        r = rate * rate_scale.get(group[0], 1.0) if len(group) == 1 else rate
+        check_rate(r, f"scaled rate for {group[0]!r}")
+        k = pruned_after(group, r)
+        new_keep.update(_select({n: units[n] for n in group}, keep, k))
+
+    out = {}
+    for n, old in mask.tensors.items():
+        m = new_keep[n]
+        if granularity != "weight":
+            m = _expand_units(m, old.shape, granularity) & old.to(m.device)
+        out[n] = m.to(old.device)
+    return Mask(out)
+
+
+def check_rate(value: float, what: str = "sparsity") -> None:
+    """A pruning rate or sparsity must lie in [0, 1)."""
+    if not isinstance(value, int | float) or math.isnan(value) or not 0.0 <= value < 1.0:
+        raise MaskError(f"{what} must be in [0, 1), got {value!r}")
+
+
+def random_mask_like(mask: Mask, seed: int) -> Mask:
+    """A random mask with exactly the same kept count in every layer (the random-pruning control)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for n, t in mask.tensors.items():
+        kept = int(t.sum())
+        order = torch.randperm(t.numel(), generator=gen)
+        m = torch.zeros(t.numel(), dtype=torch.bool)
+        m[order[:kept]] = True
+        out[n] = m.view(t.shape).to(t.device)
+    return Mask(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interop with torch.nn.utils.prune and deployment.
+
+
+def from_torch_prune(model: nn.Module) -> Mask:
+    """Read the `<name>_mask` buffers that torch.nn.utils.prune leaves on a model."""
+    tensors = {}
+    for mod_name, module in model.named_modules():
+        for buf_name, buf in module.named_buffers(recurse=False):
+            if buf_name.endswith("_mask"):
+                param = buf_name[: -len("_mask")]
+                full = f"{mod_name}.{param}" if mod_name else param
+                tensors[full] = buf.detach().bool().clone()
+    if not tensors:
+        raise MaskError("model carries no torch.nn.utils.prune masks (no *_mask buffers)")
+    return Mask(tensors)
+
+
+def to_torch_prune(model: nn.Module, mask: Mask) -> nn.Module:
+    """Attach `mask` with torch.nn.utils.prune.custom_from_mask, for tools that expect that form."""
+    from torch.nn.utils import prune as tprune
+
+    mask.check_fits(model)
+    modules = dict(model.named_modules())
+    for n, t in mask.tensors.items():
+        mod_name, _, param = n.rpartition(".")
+        tprune.custom_from_mask(modules[mod_name], param, t.to(next(model.parameters()).device))
+    return model
+
+
+@torch.no_grad()
+def baked_state_dict(model: nn.Module, mask: Mask) -> dict[str, torch.Tensor]:
+    """A plain state dict with pruned weights set to zero, for deployment."""
+    mask.check_fits(model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for n, t in mask.tensors.items():
+        state[n].mul_(t.to(state[n].device, state[n].dtype))
+    return state
+
+
+def save_sparse(state: dict[str, torch.Tensor], mask: Mask, path: str | Path) -> None:
+    """Store weights compactly: masked tensors as packed keep-bits plus surviving values.
+
+    Loading gives back exactly the masked weights; unmasked tensors (biases, BN) are stored dense.
+    """
+    header: dict = {"format": SPARSE_FORMAT, "tensors": []}
+    arrays: dict[str, np.ndarray] = {}
+    for i, (n, v) in enumerate(state.items()):
+        v = v.detach().cpu()
+        entry = {"name": n, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+        if n in mask.tensors:
+            keep = mask.tensors[n].cpu()
+            arrays[f"bits_{i}"] = _pack(keep)
+            arrays[f"values_{i}"] = _to_numpy(v[keep])
+            entry["sparse"] = True
+        else:
+            arrays[f"values_{i}"] = _to_numpy(v)
+            entry["sparse"] = False
+        header["tensors"].append(entry)
+    write_bytes_atomic(_npz_bytes(header, arrays), path)
+
+
+def load_sparse(path: str | Path) -> tuple[dict[str, torch.Tensor], Mask]:
+    """Inverse of save_sparse: the dense state dict (zeros where pruned) and its mask."""
+    header, arrays = _read_npz(path, SPARSE_FORMAT)
+    state, masks = {}, {}
+    for i, e in enumerate(header["tensors"]):
+        dtype = getattr(torch, e["dtype"])
+        values = _from_numpy(arrays[f"values_{i}"], dtype)
+        if e["sparse"]:
+            keep = _unpack(arrays[f"bits_{i}"], e["shape"])
+            dense = torch.zeros(e["shape"], dtype=dtype)
+            dense[keep] = values
+            state[e["name"]], masks[e["name"]] = dense, keep
+        else:
+            state[e["name"]] = values.reshape(e["shape"])
+    return state, Mask(masks)
+
+
+# ---------------------------------------------------------------------------------------------
+# npz helpers (np.load with allow_pickle=False: nothing executable is ever read).
+
+
+def _pack(t: torch.Tensor) -> np.ndarray:
+    return np.packbits(t.detach().cpu().reshape(-1).numpy().astype(np.bool_))
+
+
+def _unpack(bits: np.ndarray, shape: list[int]) -> torch.Tensor:
+    n = math.prod(shape)
+    return torch.from_numpy(np.unpackbits(bits, count=n).astype(np.bool_)).reshape(shape)
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy()
+    return t.numpy()
+
+
+def _from_numpy(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.from_numpy(a.copy())
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t.to(dtype)
+
+
+def _npz_bytes(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def _read_npz(path: str | Path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        header = json.loads(arrays.pop("header").tobytes())
+    except FileNotFoundError:
+        raise MaskError(f"{path} does not exist") from None
+    except Exception as e:
+        raise MaskError(f"cannot read {path}: truncated, corrupt or not a {fmt} file ({e})") from e
+    if header.get("format") != fmt:
+        raise MaskError(f"{path} is not a {fmt} file (format {header.get('format')!r})")
+    return header, arrays

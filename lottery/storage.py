@@ -1,0 +1,119 @@
+"""Files on disk: atomic writes, safe checkpoint loads, JSON records and run provenance."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "lottery-checkpoint/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: truncated, corrupt, foreign or from another run."""
+
+
+def write_bytes_atomic(data: bytes, path: str | Path) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """Serialise `state` (tensors, numbers, strings, containers) atomically with a format tag."""
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
+    write_bytes_atomic(buf.getvalue(), path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint without executing pickled code; any defect is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a lottery "
+            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return state
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    """Write pretty JSON atomically."""
+    write_bytes_atomic((json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(), path)
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON record, naming the file if it is unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read JSON record {path}: {e}") from e
+
+
+def write_jsonl(records: list[dict], path: str | Path) -> None:
+    """Rewrite a JSON-lines file atomically (used to drop lines past a resumed checkpoint)."""
+    write_bytes_atomic("".join(json.dumps(r) + "\n" for r in records).encode(), path)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSON-lines file; a torn last line (killed mid-append) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return out
+
+
+def git_commit(start: str | Path | None = None) -> str | None:
+    """The git commit of the working tree holding this package (None outside git)."""
+    here = Path(start) if start else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance() -> dict[str, Any]:
+    """Versions and commit recorded beside every run's configuration."""
+    from lottery import __version__
+
+    return {
+        "lottery_version": __version__,
+        "torch_version": torch.__version__,
+        "git_commit": git_commit(),
+    }

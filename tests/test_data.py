@@ -1,0 +1,580 @@
+"""Tests for lottery.data: readers, dataset discovery, splits, download and deterministic batching."""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import pickle
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lottery import data
+from lottery.data import (
+    DATASETS,
+    BatchStream,
+    DatasetNotFoundError,
+    RemoteFile,
+    UnknownDatasetError,
+    augment_batch,
+    crop_flip,
+    load_dataset,
+    read_cifar10,
+    read_idx,
+)
+
+IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode `array` in the IDX format (big-endian header and data)."""
+    dtype = array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype
+    header = bytes([0, 0, IDX_CODES[dtype], array.ndim])
+    header += np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.astype(dtype).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write `array` as an IDX file, gzipped when the name ends in .gz."""
+    raw = idx_bytes(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+    return path
+
+
+def unique_images(n: int, offset: int = 0, size: int = 28) -> np.ndarray:
+    """n distinct uint8 images: image i carries (i + offset) in its first two pixels."""
+    rng = np.random.default_rng(offset)
+    images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
+    ids = np.arange(offset, offset + n)
+    images[:, 0, 0], images[:, 0, 1] = ids // 256, ids % 256
+    return images
+
+
+def fake_idx_dataset(directory: Path, n_train: int = 200, n_test: int = 50, gz: bool = True):
+    """Write a small MNIST-format dataset to `directory`; return its raw arrays."""
+    ext = ".gz" if gz else ""
+    arrays = {
+        "train-images-idx3-ubyte": unique_images(n_train),
+        "train-labels-idx1-ubyte": (np.arange(n_train) % 10).astype(np.uint8),
+        "t10k-images-idx3-ubyte": unique_images(n_test, offset=n_train),
+        "t10k-labels-idx1-ubyte": (np.arange(n_test) * 3 % 10).astype(np.uint8),
+    }
+    for name, array in arrays.items():
+        write_idx(directory / (name + ext), array)
+    return arrays
+
+
+def fake_cifar_dir(directory: Path, per_batch: int = 20, str_keys: bool = False):
+    """Write CIFAR-10-format python batches to `directory`; return (train_x, train_y, test_x, test_y)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    batches = {}
+    for name in data.CIFAR10_BATCHES:
+        x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        y = [int(v) for v in rng.integers(0, 10, per_batch)]
+        batches[name] = (x, y)
+        keys = ("data", "labels") if str_keys else (b"data", b"labels")
+        payload = {keys[0]: x, keys[1]: y, b"batch_label": name.encode()}
+        (directory / name).write_bytes(pickle.dumps(payload, protocol=2))
+    nhwc = {k: x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1) for k, (x, _) in batches.items()}
+    train = data.CIFAR10_BATCHES[:-1]
+    return (
+        np.concatenate([nhwc[k] for k in train]),
+        np.concatenate([batches[k][1] for k in train]),
+        nhwc["test_batch"],
+        np.asarray(batches["test_batch"][1]),
+    )
+
+
+def row_keys(x: torch.Tensor) -> set[bytes]:
+    """Set of per-example byte strings, to compare example identity across tensors."""
+    return {row.numpy().tobytes() for row in x.flatten(1)}
+
+
+@pytest.fixture
+def no_debian(monkeypatch, tmp_path):
+    """Point the Debian Fashion-MNIST path at a directory that does not exist."""
+    missing = tmp_path / "no-debian-package"
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", missing)
+    return missing
+
+
+# --- IDX reader ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["labels-idx1-ubyte", "labels-idx1-ubyte.gz"])
+def test_read_idx_round_trip_labels(tmp_path, name):
+    labels = np.arange(37, dtype=np.uint8) % 10
+    out = read_idx(write_idx(tmp_path / name, labels))
+    assert out.dtype == np.uint8 and out.shape == (37,)
+    np.testing.assert_array_equal(out, labels)
+
+
+@pytest.mark.parametrize("name", ["images-idx3-ubyte", "images.idx3-ubyte.gz"])
+def test_read_idx_round_trip_images(tmp_path, name):
+    images = unique_images(5, size=7)
+    out = read_idx(write_idx(tmp_path / name, images))
+    assert out.shape == (5, 7, 7)
+    np.testing.assert_array_equal(out, images)
+
+
+@pytest.mark.parametrize("dtype", [">i4", ">f4"])
+def test_read_idx_multibyte_is_native_endian(tmp_path, dtype):
+    values = (np.arange(12).reshape(3, 4) - 5).astype(dtype)
+    out = read_idx(write_idx(tmp_path / "x.idx", values))
+    assert out.dtype.isnative
+    np.testing.assert_array_equal(out, values)
+
+
+def test_read_idx_truncated_names_file(tmp_path):
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(unique_images(4))[:-10])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.*size mismatch"):
+        read_idx(path)
+
+
+def test_read_idx_truncated_gzip_names_file(tmp_path):
+    path = tmp_path / "labels.gz"
+    path.write_bytes(gzip.compress(idx_bytes(np.zeros(1000, np.uint8)))[:-20])
+    with pytest.raises(ValueError, match="labels.gz"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("raw", [b"", b"\x00\x00\x08", b"\x01\x00\x08\x01", b"\x00\x00\x07\x01"])
+def test_read_idx_bad_magic(tmp_path, raw):
+    path = tmp_path / "bad.idx"
+    path.write_bytes(raw + bytes(16))
+    with pytest.raises(ValueError, match=r"bad\.idx.*not an IDX file"):
+        read_idx(path)
+
+
+# --- discovery and errors -----------------------------------------------------------------------
+
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(UnknownDatasetError) as err:
+        load_dataset("imagenet")
+    assert isinstance(err.value, ValueError)
+    for name in DATASETS:
+        assert name in str(err.value)
+
+
+def test_missing_fashion_mnist_lists_paths_and_install_hint(tmp_path, no_debian):
+    root = tmp_path / "root"
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion_mnist", root)
+    message = str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    for path in (root / "fashion_mnist", root / "fashion-mnist", root, no_debian):
+        assert f"  {path}\n" in message
+    assert "sudo apt-get install dataset-fashion-mnist" in message
+    assert "--data-root" in message and "--download" in message
+
+
+def test_default_root_comes_from_env_and_is_not_searched_itself(tmp_path, monkeypatch, no_debian):
+    monkeypatch.setenv("LOTTERY_DATA", str(tmp_path))
+    fake_idx_dataset(tmp_path)  # files directly in the default root are not picked up
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("mnist")
+    message = str(err.value)
+    assert str(tmp_path / "mnist") in message and str(tmp_path / "MNIST" / "raw") in message
+    assert f"  {tmp_path}\n" not in message
+    monkeypatch.delenv("LOTTERY_DATA")
+    assert data.default_data_root() == Path.home() / ".cache" / "lottery" / "data"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("mnist", "train-images-idx3-ubyte"), ("cifar10", "data_batch_1")],
+)
+def test_missing_other_datasets_name_files_and_download_flag(tmp_path, name, expected):
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset(name, tmp_path)
+    message = str(err.value)
+    assert expected in message and "--download" in message and f"  {tmp_path}\n" in message
+
+
+@pytest.mark.parametrize("layout", ["mnist", "MNIST/raw", "."])
+def test_mnist_found_in_each_layout(tmp_path, layout):
+    raw = fake_idx_dataset(tmp_path / layout, gz=layout != "MNIST/raw")
+    splits = load_dataset("mnist", tmp_path, val_size=0)
+    assert splits.train_x.shape == (200, 1, 28, 28)
+    assert splits.test_y.tolist() == raw["t10k-labels-idx1-ubyte"].tolist()
+
+
+def test_dotted_idx_names_accepted(tmp_path):
+    raw = fake_idx_dataset(tmp_path, gz=False)
+    for name in raw:
+        stem, kind = name.rsplit("-idx", 1)
+        (tmp_path / name).rename(tmp_path / f"{stem}.idx{kind}")
+    assert len(load_dataset("mnist", tmp_path, val_size=10).val_x) == 10
+
+
+# --- splits and normalisation -------------------------------------------------------------------
+
+
+def test_normalisation_uses_dataset_constants(tmp_path):
+    raw = fake_idx_dataset(tmp_path / "mnist")
+    splits = load_dataset("mnist", tmp_path, val_size=0)
+    expected = (torch.from_numpy(raw["t10k-images-idx3-ubyte"]).float() / 255 - 0.1307) / 0.3081
+    assert splits.test_x.dtype == torch.float32 and splits.train_y.dtype == torch.int64
+    torch.testing.assert_close(splits.test_x[:, 0], expected)
+
+
+def test_val_split_deterministic_disjoint_and_seeded(tmp_path):
+    fake_idx_dataset(tmp_path / "fashion_mnist", n_train=300)
+    a = load_dataset("fashion_mnist", tmp_path, val_size=60)
+    b = load_dataset("fashion_mnist", tmp_path, val_size=60)
+    for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(a, field), getattr(b, field))
+    train, val = row_keys(a.train_x), row_keys(a.val_x)
+    assert len(train) == 240 and len(val) == 60 and not train & val
+    other = load_dataset("fashion_mnist", tmp_path, val_size=60, split_seed=1)
+    assert row_keys(other.val_x) != val
+    assert row_keys(other.train_x) | row_keys(other.val_x) == train | val
+
+
+def test_limits_apply_after_val_carve_out(tmp_path):
+    fake_idx_dataset(tmp_path / "mnist", n_train=100)
+    full = load_dataset("mnist", tmp_path, val_size=30)
+    small = load_dataset("mnist", tmp_path, val_size=30, train_limit=20, test_limit=7)
+    assert torch.equal(small.val_x, full.val_x)
+    assert torch.equal(small.train_x, full.train_x[:20])
+    assert torch.equal(small.test_x, full.test_x[:7])
+    assert small.describe() == {
+        "name": "mnist",
+        "train_size": 20,
+        "val_size": 30,
+        "test_size": 7,
+        "num_classes": 10,
+        "input_shape": [1, 28, 28],
+        "augment": False,
+    }
+    json.dumps(small.describe())
+
+
+def test_zero_val_size_gives_empty_val_with_right_shape(tmp_path):
+    fake_idx_dataset(tmp_path / "mnist", n_train=50)
+    splits = load_dataset("mnist", tmp_path, val_size=0)
+    assert splits.val_x.shape == (0, 1, 28, 28) and splits.val_y.shape == (0,)
+    assert len(splits.train_x) == 50
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"val_size": 50}, {"val_size": -1}, {"train_limit": 0}, {"test_limit": -3}]
+)
+def test_bad_split_arguments_rejected(tmp_path, kwargs):
+    fake_idx_dataset(tmp_path / "mnist", n_train=50)
+    with pytest.raises(ValueError):
+        load_dataset("mnist", tmp_path, **kwargs)
+
+
+def test_splits_to_moves_every_tensor(tmp_path):
+    splits = load_dataset("synthetic", val_size=10)
+    moved = splits.to(torch.device("meta"))
+    assert moved is not splits and moved.name == "synthetic"
+    for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert getattr(moved, field).device.type == "meta"
+        assert getattr(splits, field).device.type == "cpu"
+
+
+@pytest.fixture(scope="module")
+def fashion_slice():
+    if not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST}")
+    return load_dataset(val_size=1000, train_limit=3000, test_limit=500)
+
+
+def test_real_fashion_mnist_slice(fashion_slice):
+    s = fashion_slice
+    assert s.name == "fashion_mnist" and s.num_classes == 10 and s.input_shape == (1, 28, 28)
+    assert s.train_x.shape == (3000, 1, 28, 28) and s.val_x.shape == (1000, 1, 28, 28)
+    assert s.test_x.shape == (500, 1, 28, 28) and s.test_y.shape == (500,)
+    assert set(s.train_y.tolist()) == set(range(10))
+    assert abs(s.train_x.mean().item()) < 0.05 and abs(s.train_x.std().item() - 1) < 0.05
+    assert not s.augment
+
+
+def test_real_fashion_mnist_deterministic(fashion_slice):
+    again = load_dataset(val_size=1000, train_limit=3000, test_limit=500)
+    assert torch.equal(again.train_x, fashion_slice.train_x)
+    assert torch.equal(again.val_y, fashion_slice.val_y)
+
+
+# --- synthetic ----------------------------------------------------------------------------------
+
+
+def test_synthetic_shapes_and_determinism():
+    a = load_dataset("synthetic")
+    b = load_dataset("synthetic", val_size=5000)
+    assert a.input_shape == (1, 16, 16) and a.num_classes == 10
+    assert (len(a.train_x), len(a.val_x), len(a.test_x)) == (1600, 400, 500)
+    assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
+    assert set(a.train_y.tolist()) == set(range(10))
+    assert abs(a.train_x.mean().item()) < 0.1 and abs(a.train_x.std().item() - 1) < 0.1
+    assert len(load_dataset("synthetic", val_size=100).val_x) == 100
+
+
+# --- CIFAR-10 reader ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("str_keys", [False, True])
+def test_read_cifar10(tmp_path, str_keys):
+    expected = fake_cifar_dir(tmp_path, str_keys=str_keys)
+    got = read_cifar10(tmp_path)
+    assert got[0].shape == (100, 32, 32, 3) and got[0].dtype == np.uint8
+    assert got[2].shape == (20, 32, 32, 3) and got[3].dtype == np.int64
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_read_cifar10_python2_module_names(tmp_path):
+    """Real CIFAR-10 batches were pickled by numpy 1.x under Python 2 (numpy.core, bytes keys)."""
+    fake_cifar_dir(tmp_path)
+    for name in data.CIFAR10_BATCHES:
+        raw = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(raw.replace(b"numpy._core.", b"numpy.core."))
+    assert read_cifar10(tmp_path)[0].shape == (100, 32, 32, 3)
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > should-not-exist",))
+
+
+def test_read_cifar10_refuses_malicious_pickle(tmp_path, monkeypatch):
+    fake_cifar_dir(tmp_path)
+    (tmp_path / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil()}, protocol=2))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match=r"data_batch_3.*(posix|os)\.system"):
+        read_cifar10(tmp_path)
+    assert not (tmp_path / "should-not-exist").exists()
+
+
+def test_load_cifar10_is_nchw_and_augmented(tmp_path):
+    _, _, test_x, test_y = fake_cifar_dir(tmp_path / data.CIFAR10_DIR)
+    splits = load_dataset("cifar10", tmp_path, val_size=10)
+    assert splits.augment and splits.input_shape == (3, 32, 32)
+    assert splits.train_x.shape == (90, 3, 32, 32) and splits.train_x.is_contiguous()
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(3, 1, 1)
+    expected = (torch.from_numpy(test_x).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    torch.testing.assert_close(splits.test_x, expected)
+    assert splits.test_y.tolist() == test_y.tolist()
+
+
+# --- download (urlopen monkeypatched: no network) -----------------------------------------------
+
+
+def serve(monkeypatch, files: dict[str, bytes]) -> list[str]:
+    """Make urllib.request.urlopen serve `files` by URL (others fail); return the requested URLs."""
+    requested = []
+
+    def fake_urlopen(url, timeout=None):
+        requested.append(url)
+        if url not in files:
+            raise urllib.error.URLError("unreachable")
+        return io.BytesIO(files[url])
+
+    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
+    return requested
+
+
+def test_download_mnist_tries_mirrors_and_then_loads(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    fake_idx_dataset(source)
+    remotes, files = [], {}
+    for path in sorted(source.iterdir()):
+        body = path.read_bytes()
+        urls = (f"https://dead.example/{path.name}", f"https://ok.example/{path.name}")
+        remotes.append(RemoteFile(path.name, urls, hashlib.md5(body).hexdigest()))
+        files[urls[1]] = body
+    monkeypatch.setitem(data.DOWNLOADS, "mnist", tuple(remotes))
+    requested = serve(monkeypatch, files)
+    root = tmp_path / "root"
+
+    with pytest.raises(DatasetNotFoundError):
+        load_dataset("mnist", root)
+    assert requested == []
+    splits = load_dataset("mnist", root, val_size=20, download=True)
+    assert len(requested) == 8 and len(splits.train_x) == 180
+    assert sorted(p.name for p in (root / "mnist").iterdir()) == sorted(r.name for r in remotes)
+    load_dataset("mnist", root, download=True, val_size=0)
+    assert len(requested) == 8  # already present: no second download
+
+
+def test_download_rejects_bad_checksum_and_leaves_nothing(tmp_path, monkeypatch):
+    url = "https://ok.example/train-images-idx3-ubyte.gz"
+    remote = RemoteFile("train-images-idx3-ubyte.gz", (url,), "0" * 32)
+    monkeypatch.setitem(data.DOWNLOADS, "fashion_mnist", (remote,))
+    serve(monkeypatch, {url: b"tampered"})
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    with pytest.raises(OSError, match="MD5"):
+        load_dataset("fashion_mnist", tmp_path, download=True)
+    assert list((tmp_path / "fashion_mnist").iterdir()) == []
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    """A .tar.gz archive holding `members` (name -> contents)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, body in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return buffer.getvalue()
+
+
+def test_download_cifar10_extracts_and_loads(tmp_path, monkeypatch):
+    source = tmp_path / "source"
+    fake_cifar_dir(source)
+    archive = tar_gz({f"{data.CIFAR10_DIR}/{p.name}": p.read_bytes() for p in source.iterdir()})
+    url = "https://ok.example/cifar-10-python.tar.gz"
+    remote = RemoteFile("cifar-10-python.tar.gz", (url,), hashlib.md5(archive).hexdigest())
+    monkeypatch.setitem(data.DOWNLOADS, "cifar10", (remote,))
+    serve(monkeypatch, {url: archive})
+    root = tmp_path / "root"
+    splits = load_dataset("cifar10", root, val_size=0, download=True)
+    assert len(splits.train_x) == 100
+    assert sorted(p.name for p in root.iterdir()) == [data.CIFAR10_DIR]
+
+
+def test_download_cifar10_refuses_path_traversal(tmp_path, monkeypatch):
+    archive = tar_gz({"../escaped": b"x"})
+    url = "https://ok.example/cifar-10-python.tar.gz"
+    remote = RemoteFile("cifar-10-python.tar.gz", (url,), hashlib.md5(archive).hexdigest())
+    monkeypatch.setitem(data.DOWNLOADS, "cifar10", (remote,))
+    serve(monkeypatch, {url: archive})
+    root = tmp_path / "root"
+    with pytest.raises(tarfile.FilterError):
+        load_dataset("cifar10", root, download=True)
+    assert not (tmp_path / "escaped").exists() and list(root.iterdir()) == []
+
+
+# --- batching -----------------------------------------------------------------------------------
+
+
+def toy(n: int = 103) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs whose single value is the example index, and labels equal to that index."""
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n)
+
+
+def test_batch_stream_deterministic_and_resumable():
+    x, y = toy()
+    a, b = BatchStream(x, y, 10, data_seed=3), BatchStream(x, y, 10, data_seed=3)
+    assert a.steps_per_epoch == 10
+    walked = [a.batch(step) for step in range(35)]
+    for step in (34, 0, 17, 9, 10, 25):  # fresh instance, arbitrary order
+        xb, yb = b.batch(step)
+        assert torch.equal(xb, walked[step][0]) and torch.equal(yb, walked[step][1])
+        assert torch.equal(xb.view(-1).long(), yb)
+
+
+def test_batch_stream_each_example_once_per_epoch():
+    x, y = toy(100)
+    stream = BatchStream(x, y, 20, data_seed=0)
+    for epoch in range(3):
+        seen = torch.cat([stream.batch(epoch * 5 + i)[1] for i in range(5)])
+        assert sorted(seen.tolist()) == list(range(100))
+    first = torch.cat([stream.batch(i)[1] for i in range(5)])
+    second = torch.cat([stream.batch(5 + i)[1] for i in range(5)])
+    assert not torch.equal(first, second)
+
+
+def test_batch_stream_seed_changes_order():
+    x, y = toy()
+    a, b = BatchStream(x, y, 10, data_seed=0), BatchStream(x, y, 10, data_seed=1)
+    assert not torch.equal(a.batch(0)[1], b.batch(0)[1])
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_rank_chunks_concatenate_to_global_batch(augment):
+    x = torch.randn(64, 3, 8, 8)
+    y = torch.arange(64)
+    full = BatchStream(x, y, 16, data_seed=5, augment=augment)
+    ranks = [BatchStream(x, y, 16, 5, augment=augment, rank=r, world_size=4) for r in range(4)]
+    for step in (0, 3, 7):
+        xs, ys = zip(*(r.batch(step) for r in ranks), strict=True)
+        assert all(len(part) == 4 for part in ys)
+        gx, gy = full.batch(step)
+        assert torch.equal(torch.cat(xs), gx) and torch.equal(torch.cat(ys), gy)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"batch_size": 200}, "dataset smaller than batch"),
+        ({"batch_size": 0}, "positive multiple"),
+        ({"batch_size": 10, "world_size": 3}, "multiple of world_size 3"),
+        ({"batch_size": 10, "rank": 2, "world_size": 2}, "rank"),
+    ],
+)
+def test_batch_stream_rejects_bad_config(kwargs, match):
+    x, y = toy()
+    with pytest.raises(ValueError, match=match):
+        BatchStream(x, y, data_seed=0, **kwargs)
+
+
+def test_batch_stream_augment_is_reproducible_and_uses_step_seed():
+    x = torch.randn(40, 3, 8, 8)
+    y = torch.arange(40)
+    a = BatchStream(x, y, 8, data_seed=2, augment=True)
+    b = BatchStream(x, y, 8, data_seed=2, augment=True)
+    plain = BatchStream(x, y, 8, data_seed=2)
+    assert torch.equal(a.batch(6)[0], b.batch(6)[0])
+    assert torch.equal(a.batch(6)[1], plain.batch(6)[1])
+    assert not torch.equal(a.batch(6)[0], plain.batch(6)[0])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batch_stream_same_batches_on_cuda():
+    x = torch.randn(50, 3, 8, 8)
+    y = torch.arange(50)
+    cpu = BatchStream(x, y, 8, data_seed=4, augment=True)
+    gpu = BatchStream(x.cuda(), y.cuda(), 8, data_seed=4, augment=True)
+    for step in (0, 5, 6, 13):
+        gx, gy = gpu.batch(step)
+        assert gx.is_cuda
+        cx, cy = cpu.batch(step)
+        assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy)
+
+
+# --- augmentation -------------------------------------------------------------------------------
+
+
+def test_crop_flip_identity_and_flip():
+    x = torch.randn(5, 3, 8, 8)
+    zero = torch.zeros(5, 2, dtype=torch.long)
+    assert torch.equal(crop_flip(x, zero, torch.zeros(5, dtype=torch.bool)), x)
+    assert torch.equal(crop_flip(x, zero, torch.ones(5, dtype=torch.bool)), torch.flip(x, [-1]))
+
+
+def test_crop_flip_shift_fills_with_zeros():
+    x = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4)
+    out = crop_flip(x, torch.tensor([[1, -2]]), torch.tensor([False]))
+    expected = torch.zeros(4, 4)
+    expected[:3, 2:] = x[0, 0, 1:, :2]
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_augment_batch_properties():
+    x = torch.randn(6, 3, 10, 10)
+    out = augment_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    assert torch.equal(out, augment_batch(x, torch.Generator().manual_seed(0)))
+    assert not torch.equal(out, augment_batch(x, torch.Generator().manual_seed(1)))
+    for i in range(len(x)):  # every output is some shift (+ flip) of its own input
+        options = [
+            crop_flip(x[i : i + 1], torch.tensor([[dy, dx]]), torch.tensor([flip]))
+            for dy in range(-4, 5)
+            for dx in range(-4, 5)
+            for flip in (False, True)
+        ]
+        assert any(torch.equal(out[i : i + 1], o) for o in options)
