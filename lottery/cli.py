@@ -14,7 +14,17 @@ from pathlib import Path
 from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
 from lottery.data import DATASETS
 
-COMMANDS = ("train", "imp")
+COMMANDS = (
+    "train",
+    "imp",
+    "schedule",
+    "prune",
+    "overlap",
+    "rewind-sweep",
+    "instability",
+    "curve",
+    "report",
+)
 
 # Per-model training defaults from the papers, used where the user gives no flag.
 # LeNet: Adam 1.2e-3, batch 60; Conv-2: Adam 2e-4; Conv-4/6: Adam 3e-4 (Frankle & Carbin 2019).
@@ -139,12 +149,33 @@ def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each step as CUDA graphs (torch.compile mode reduce-overhead; CUDA only, "
+        "for small static-shape models)",
+    )
+    g.add_argument(
+        "--no-channels-last",
+        action="store_true",
+        help="keep conv nets in NCHW on CUDA (channels_last is the CUDA default; CPU unaffected)",
+    )
+    g.add_argument(
         "--out",
         type=Path,
         default=Path(out_default),
         help="run directory (rerunning the same command resumes it)",
     )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _fast_path(args: argparse.Namespace) -> dict:
+    """CUDA fast-path switches, kept in `extra` only when they differ from the defaults."""
+    out: dict = {}
+    if args.cuda_graphs:
+        out["cuda_graphs"] = True
+    if args.no_channels_last:
+        out["channels_last"] = False
+    return out
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -187,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         bf16=args.bf16,
         compile=args.compile,
+        extra=_fast_path(args),
         **tuned,
     )
 

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from lottery import distributed
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.data import Splits
 from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
 from lottery.models import output_layer_name, prunable_names
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
-from lottery.trainer import StartState, Trainer, TrainResult
+from lottery.trainer import StartState, Trainer, TrainResult, resolve_device
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
 CONTROLS = ("random-reinit", "random-prune")
@@ -95,8 +96,12 @@ def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
 
 
 def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run, resume or extend an IMP search in `out`; returns the summary also in summary.json."""
+    """Run, resume or extend an IMP search in `out`; returns the summary also in summary.json.
+
+    Under torchrun every rank runs this; rank 0 writes the files and the others read them.
+    """
     out = Path(out)
+    distributed.setup(resolve_device(cfg.device))
     data = load_data(cfg)
     model = make_model(cfg, data)
     imp = _resolved(imp, cfg.model, model)
@@ -117,8 +122,9 @@ def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = 
         start, round_cfg = _reset(imp, cfg, theta_0, theta_k, prev, k)
         model = make_model(cfg, data)
         rounds.append(_round(r, out, round_cfg, data, model, mask, start, imp, progress))
-    summary = {"rounds": rounds, **_settings(imp), "rewind_step": k}
-    write_json(summary, out / "summary.json")
+    summary = {"settings": _settings(imp), "rounds": rounds}
+    if distributed.is_main():
+        write_json(summary, out / "summary.json")
     return summary
 
 
@@ -135,7 +141,7 @@ def _round(
 ) -> dict:
     """Train round r's ticket and its controls; return the round's summary row (and print it)."""
     rdir = out / f"round_{r:02d}"
-    if not (rdir / "mask.npz").exists():
+    if distributed.is_main() and not (rdir / "mask.npz").exists():
         mask.save(rdir / "mask.npz")
     trainer = Trainer(
         cfg, data, model, rdir / "ticket", mask=mask if r else None, progress=progress,
@@ -225,11 +231,11 @@ def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int)
 
 
 def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:
-    if path.exists():
-        return Mask.load(path)
-    mask = make()
-    mask.save(path)
-    return mask
+    """Rank 0 makes and stores the mask once; every rank, and any resumed search, reads the file."""
+    if distributed.is_main() and not path.exists():
+        make().save(path)
+    distributed.barrier(f"waiting for rank 0 to write {path}")
+    return Mask.load(path)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -239,14 +245,17 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 def _finish(run: Path, mask: Mask, weights: bool, keep: bool) -> None:
-    """Turn a finished run's final checkpoint into its compact record (sparse weights)."""
+    """Turn a finished run's final checkpoint into its compact record (sparse weights).
+
+    Rank 0 writes it; the other ranks wait, since the next round reads it.
+    """
     final = run / "checkpoints" / "final.pt"
-    if not final.exists():
-        return
-    if weights:
-        save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / "weights.npz")
-    if not keep:
-        final.unlink()
+    if distributed.is_main() and final.exists():
+        if weights:
+            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / "weights.npz")
+        if not keep:
+            final.unlink()
+    distributed.barrier(f"waiting for rank 0 to finish {run}")
 
 
 def _metrics(result: TrainResult) -> dict[str, Any]:
@@ -279,10 +288,16 @@ def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
                 f"{out} holds an IMP search with other settings; only --rounds may change "
                 "when resuming. Use a new --out directory."
             )
-    write_json(
-        {"train": cfg.to_dict(), "imp": _settings(imp), "fingerprint": fingerprint, **provenance()},
-        path,
-    )
+    if distributed.is_main():
+        write_json(
+            {
+                "train": cfg.to_dict(),
+                "imp": _settings(imp),
+                "fingerprint": fingerprint,
+                **provenance(),
+            },
+            path,
+        )
 
 
 def _fmt(x: float | None) -> str:

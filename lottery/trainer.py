@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from lottery import distributed
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.data import BatchStream, Splits
 from lottery.masks import Mask
@@ -38,12 +40,15 @@ from lottery.storage import (
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA where there is none is an error."""
+    """`auto` picks CUDA when present; asking for CUDA where there is none is an error.
+
+    Under torchrun a bare `cuda` means this process's own GPU, cuda:LOCAL_RANK.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for, but this machine has no usable CUDA GPU")
-    return torch.device(name)
+    return distributed.local_device(torch.device(name))
 
 
 class Pruner(Protocol):
@@ -98,11 +103,22 @@ class TrainResult:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048, bf16: bool = False
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int = 2048,
+    bf16: bool = False,
+    sharded: bool = False,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y) in large batches, one host sync at the end."""
-    if len(x) == 0:
+    """Mean cross-entropy and accuracy over (x, y) in large batches, one host sync at the end.
+
+    `sharded`: in a data-parallel run each rank scores its own slice and the sums are all-reduced.
+    """
+    n = len(x)
+    if n == 0:
         return float("nan"), float("nan")
+    if sharded:
+        x, y = distributed.shard(x), distributed.shard(y)
     was_training = model.training
     model.eval()
     loss = torch.zeros((), device=x.device)
@@ -114,7 +130,31 @@ def evaluate(
         loss += F.cross_entropy(out.float(), yb, reduction="sum")
         correct += (out.argmax(1) == yb).sum()
     model.train(was_training)
-    return float(loss) / len(x), float(correct) / len(x)
+    if sharded:
+        loss, correct = distributed.all_reduce_sum(torch.stack([loss.double(), correct.double()]))
+    return float(loss) / n, float(correct) / n
+
+
+def check_fast_path(cfg: TrainConfig, device: torch.device) -> None:
+    """CUDA-only switches are errors elsewhere, so a CPU run never silently differs."""
+    if cfg.extra.get("cuda_graphs") and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+
+
+def compiled(fn: Callable, cfg: TrainConfig) -> Callable:
+    """`fn` under torch.compile for --compile; --cuda-graphs adds CUDA-graph replay
+    (mode "reduce-overhead"), which pays off for small static-shape models bound by launches."""
+    if cfg.extra.get("cuda_graphs"):
+        return torch.compile(fn, mode="reduce-overhead")
+    return torch.compile(fn) if cfg.compile else fn
+
+
+def memory_format(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Conv nets on CUDA use channels_last (faster tensor-core convs) unless --no-channels-last."""
+    convs = any(p.dim() == 4 for p in model.parameters())
+    if device.type == "cuda" and convs and cfg.extra.get("channels_last", True):
+        return model.to(memory_format=torch.channels_last)
+    return model
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -141,16 +181,20 @@ class Trainer:
     ):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.device = resolve_device(cfg.device)
+        distributed.setup(self.device)
         if cfg.bf16 and self.device.type != "cuda":
             raise ConfigError("--bf16 autocast is for CUDA runs; CPU results stay in float32")
+        check_fast_path(cfg, self.device)
         self.data = data.to(self.device)
-        self.model = model.to(self.device)
+        self.model = memory_format(model.to(self.device), cfg, self.device)
         self.stream = BatchStream(
             self.data.train_x,
             self.data.train_y,
             cfg.batch_size,
             cfg.data_seed,
             augment=self.data.augment,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
         )
         self.total = cfg.total_steps(self.stream.steps_per_epoch)
         per_epoch = self.stream.steps_per_epoch
@@ -159,15 +203,26 @@ class Trainer:
         self.mask = mask.to(self.device) if mask is not None else None
         if self.mask is not None:
             self.mask.check_fits(self.model)
-        self.pruner, self.progress, self.on_step = pruner, progress, on_step
+        self.pruner, self.on_step = pruner, on_step
+        self.progress = progress and distributed.is_main()
         self.record = record or {}
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        net = self._data_parallel() if distributed.world_size() > 1 else self.model
+        self.forward = compiled(net, cfg)
         self.ckpt_dir = self.run_dir / "checkpoints"
         late = [s for s in cfg.save_at if s > self.total]
         if late:
             raise ConfigError(
                 f"checkpoint steps {late} lie beyond the end of training ({self.total} steps)"
             )
+
+    def _data_parallel(self) -> nn.Module:
+        """DDP: averaging the ranks' gradients gives the single-process mean-loss gradient of the
+        global batch; on CUDA, BatchNorm also takes its statistics over the global batch."""
+        if self.device.type == "cuda":
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        with distributed.guard("wrapping the model in DistributedDataParallel"):
+            return DistributedDataParallel(self.model, device_ids=ids)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -223,6 +278,8 @@ class Trainer:
                     f"(fingerprint {old} vs {self.fingerprint}); use a new --out directory"
                 )
             return
+        if not distributed.is_main():
+            return
         write_json(
             {
                 "config": self.cfg.to_dict(),
@@ -231,6 +288,7 @@ class Trainer:
                 "data": self.data.describe(),
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "device": str(self.device),
+                "world_size": distributed.world_size(),
                 "fingerprint": self.fingerprint,
                 **self.record,
                 **provenance(),
@@ -245,10 +303,24 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
 
     def fit(self, start: StartState | None = None) -> TrainResult:
-        """Train to the configured length, resuming from `checkpoints/last.pt` if present."""
+        """Train to the configured length, resuming from `checkpoints/last.pt` if present.
+
+        In a data-parallel run every rank calls this; rank 0 alone writes the run directory.
+        """
+        with distributed.guard(f"training in {self.run_dir}"):
+            return self._fit(start)
+
+    def _fit(self, start: StartState | None) -> TrainResult:
         result_path = self.run_dir / "result.json"
-        if result_path.exists():
+        if distributed.from_main(result_path.exists()):
             return TrainResult.from_dict(read_json(result_path))
+        step, best, tally = self._prepare(start)
+        self._loop(step, best, tally, self.run_dir / "metrics.jsonl")
+        return self._complete(best, tally)
+
+    def _prepare(self, start: StartState | None) -> tuple[int, dict, dict]:
+        """Write config.json, then resume from last.pt or begin at `start`: (step, best, tally)."""
+        main = distributed.is_main()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()
         step = self._begin(start)
@@ -257,19 +329,31 @@ class Trainer:
         tally = {"loss_sum": 0.0, "count": 0, "seconds": 0.0}
         metrics_path = self.run_dir / "metrics.jsonl"
         last = self.ckpt_dir / "last.pt"
-        if last.exists():
+        if distributed.from_main(last.exists()):
             ck = load_checkpoint(last, map_location=self.device)
             self._restore(ck)
             step, best, tally = ck["step"], ck["best"], ck["tally"]
-            write_jsonl([r for r in read_jsonl(metrics_path) if r["step"] <= step], metrics_path)
+            if main:
+                kept = [r for r in read_jsonl(metrics_path) if r["step"] <= step]
+                write_jsonl(kept, metrics_path)
         else:
-            write_jsonl([], metrics_path)
+            if main:
+                write_jsonl([], metrics_path)
             if self.pruner is not None and step in self.pruner.update_steps:
                 self._prune(step)
             self._checkpoint(step, best, tally)
             self._evaluate(step, best, tally, metrics_path)
-        self._loop(step, best, tally, metrics_path)
-        loss, acc = evaluate(self.model, self.data.test_x, self.data.test_y, bf16=self.cfg.bf16)
+        self._check_ranks_agree("at the start")
+        return step, best, tally
+
+    def _complete(self, best: dict, tally: dict) -> TrainResult:
+        """Score the test set, write final.pt and result.json, and drop the resume checkpoint."""
+        main = distributed.is_main()
+        result_path = self.run_dir / "result.json"
+        last = self.ckpt_dir / "last.pt"
+        loss, acc = evaluate(
+            self.model, self.data.test_x, self.data.test_y, bf16=self.cfg.bf16, sharded=True
+        )
         result = TrainResult(
             steps=self.total,
             test_accuracy=acc,
@@ -280,10 +364,22 @@ class Trainer:
             density=self.mask.density() if self.mask is not None else 1.0,
             seconds=tally["seconds"],
         )
-        save_checkpoint(self._state(self.total, best, tally), self.ckpt_dir / "final.pt")
-        write_json(result.to_dict(), result_path)
-        last.unlink(missing_ok=True)
+        self._check_ranks_agree("at the end")
+        if main:
+            save_checkpoint(self._state(self.total, best, tally), self.ckpt_dir / "final.pt")
+            write_json(result.to_dict(), result_path)
+            last.unlink(missing_ok=True)
+        distributed.barrier(f"waiting for rank 0 to write {result_path}")
         return result
+
+    def _check_ranks_agree(self, when: str) -> None:
+        """In a data-parallel run, fail loudly unless every rank holds the same weights and mask."""
+        if distributed.world_size() == 1:
+            return
+        state = {f"weight {k}": v for k, v in self.model.state_dict().items()}
+        if self.mask is not None:
+            state.update({f"mask {k}": v for k, v in self.mask.tensors.items()})
+        distributed.check_agree(state, f"weights and masks {when} of {self.run_dir}")
 
     def _loop(self, step: int, best: dict, tally: dict, metrics_path: Path) -> None:
         """The hot loop: batch slice, forward, backward, step, fused mask multiply."""
@@ -298,7 +394,8 @@ class Trainer:
 
         def flush(count: int) -> None:
             nonlocal t0
-            tally["loss_sum"] += float(loss_sum)
+            world_loss = float(distributed.all_reduce_sum(loss_sum))
+            tally["loss_sum"] += world_loss / distributed.world_size()
             tally["count"] += count
             tally["seconds"] += time.perf_counter() - t0
             loss_sum.zero_()
@@ -313,7 +410,10 @@ class Trainer:
             leave=False,
             mininterval=0.5,
         )
+        graphs = bool(self.cfg.extra.get("cuda_graphs"))
         for s in range(step, self.total):
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             x, y = stream.batch(s)
             with _autocast(self.device, bf16):
                 loss = F.cross_entropy(model(x), y)
@@ -352,17 +452,20 @@ class Trainer:
         names = self.mask.names()
         return (
             [params[n] for n in names],
-            [self.mask.tensors[n].to(params[n].dtype) for n in names],
+            [torch.empty_like(params[n]).copy_(self.mask.tensors[n]) for n in names],
         )
 
     def _prune(self, step: int) -> None:
         assert self.pruner is not None
         base = self.mask if self.mask is not None else Mask.ones(self.model)
-        self.mask = self.pruner.update(step, self.model, base).to(self.device)
+        mask = self.pruner.update(step, self.model, base).to(self.device)
+        self.mask = distributed.broadcast_mask(mask)
         self.mask.apply_(self.model, self.optimizer)
 
     def _checkpoint(self, step: int, best: dict, tally: dict) -> None:
         """Save a named checkpoint at --save-at steps and refresh last.pt (the resume point)."""
+        if not distributed.is_main():
+            return
         state = self._state(step, best, tally)
         if step in self.cfg.save_at:
             save_checkpoint(state, self.ckpt_dir / f"step_{step:07d}.pt")
@@ -371,8 +474,8 @@ class Trainer:
 
     def _evaluate(self, step: int, best: dict, tally: dict, metrics_path: Path) -> None:
         d, bf16 = self.data, self.cfg.bf16
-        val_loss, val_acc = evaluate(self.model, d.val_x, d.val_y, bf16=bf16)
-        test_loss, test_acc = evaluate(self.model, d.test_x, d.test_y, bf16=bf16)
+        val_loss, val_acc = evaluate(self.model, d.val_x, d.val_y, bf16=bf16, sharded=True)
+        test_loss, test_acc = evaluate(self.model, d.test_x, d.test_y, bf16=bf16, sharded=True)
         if len(d.val_x) and (best["val_loss"] is None or val_loss < best["val_loss"]):
             best.update(step=step, val_loss=val_loss, test_accuracy=test_acc)
         rec = {
@@ -387,5 +490,6 @@ class Trainer:
             "density": self.mask.density() if self.mask is not None else 1.0,
         }
         tally["loss_sum"], tally["count"] = 0.0, 0
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if distributed.is_main():
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,76 @@
+"""`lottery rewind-sweep`: IMP from several rewind points that share one dense run."""
+
+from __future__ import annotations
+
+import argparse
+
+from lottery.build import load_data
+from lottery.cli import _ints, add_train_args, config_from_args
+from lottery.commands.imp import _scales
+from lottery.imp import CONTROLS, IMPConfig
+from lottery.masks import GRANULARITIES, SCOPES, SCORERS
+from lottery.report import write_report
+from lottery.rewind import rewind_sweep
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rewind-sweep",
+        help="compare rewind points: IMP with weight rewinding to each step, side by side",
+        description="Train one dense run with checkpoints at the rewind steps, then run IMP with "
+        "rewinding to each of them (same init, data order and pruning). Writes "
+        "rewind_sweep.json and a report (accuracy vs weights remaining per rewind point, "
+        "overlap of their masks). Rerunning resumes.",
+    )
+    add_train_args(p, "checkpoints/rewind_sweep")
+    p.add_argument(
+        "--rewind-steps",
+        type=_ints,
+        required=True,
+        help="comma-separated rewind steps k, e.g. 0,100,500,2000",
+    )
+    g = p.add_argument_group("pruning (unset flags take the model's paper defaults)")
+    g.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense round 0")
+    g.add_argument("--prune-fraction", type=float, default=None)
+    g.add_argument("--scope", choices=SCOPES, default=None)
+    g.add_argument("--rate-scale", type=_scales, default=None)
+    g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
+    g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
+    g.add_argument(
+        "--controls",
+        type=lambda s: tuple(filter(None, s.split(","))),
+        default=(),
+        help=f"comma-separated, from {', '.join(CONTROLS)}",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.download:
+        load_data(cfg, download=True)
+    imp = IMPConfig(
+        rounds=args.rounds,
+        fraction=args.prune_fraction,
+        scope=args.scope,
+        rate_scale=args.rate_scale,
+        granularity=args.granularity,
+        criterion=args.criterion,
+        reset="rewind",
+        controls=args.controls,
+    )
+    result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, not args.no_progress)
+    print(
+        f"\n{'round':>5s} {'weights%':>9s}"
+        + "".join(f" {'k=' + str(k):>9s}" for k in result["steps"])
+    )
+    first = result["runs"][str(result["steps"][0])]
+    for i, row in enumerate(first):
+        accs = [result["runs"][str(k)][i]["test_accuracy"] for k in result["steps"]]
+        print(
+            f"{row['round']:5d} {row['percent_remaining']:9.2f}"
+            + "".join(f" {100 * a:9.2f}" for a in accs)
+        )
+    files = write_report(args.out)
+    print(f"results: {args.out / 'rewind_sweep.json'}; report: {files[-1]}")
+    return 0

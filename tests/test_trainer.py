@@ -1,0 +1,241 @@
+"""Trainer: accuracy on real data, exact rewind/resume, atomic checkpoints, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from lottery import storage
+from lottery.build import load_data, make_model
+from lottery.config import ConfigError, TrainConfig
+from lottery.optim import lr_factor
+from lottery.storage import CheckpointError, load_checkpoint
+from lottery.trainer import StartState, Trainer
+from tests.conftest import tiny
+
+FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+
+
+def fit(cfg: TrainConfig, run_dir, start=None, **kw):
+    data = load_data(cfg)
+    trainer = Trainer(cfg, data, make_model(cfg, data), run_dir, progress=False, **kw)
+    return trainer, trainer.fit(start)
+
+
+def final_model(run_dir) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist not installed")
+def test_lenet_two_epochs_fashion_mnist_reaches_85_percent(tmp_path):
+    cfg = TrainConfig(epochs=2, optimizer="adam", lr=1.2e-3, batch_size=60, device="cpu")
+    _, result = fit(cfg, tmp_path)
+    assert result.test_accuracy >= 0.85
+    assert result.best_val_step is not None and result.test_accuracy_at_best_val >= 0.85
+
+
+def test_records_config_metrics_and_result(tmp_path):
+    cfg = tiny(init_seed=3, data_seed=4, split_seed=5)
+    trainer, result = fit(cfg, tmp_path)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["config"]["init_seed"] == 3 and record["config"]["data_seed"] == 4
+    assert record["config"]["split_seed"] == 5
+    assert record["torch_version"] == torch.__version__ and "lottery_version" in record
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [0, 20, 40, 60]
+    assert lines[-1]["test_accuracy"] == pytest.approx(result.test_accuracy)
+    best = min(lines, key=lambda r: r["val_loss"])
+    assert result.best_val_step == best["step"]
+    assert result.test_accuracy_at_best_val == best["test_accuracy"]
+    assert result.test_accuracy > 0.5  # 10 classes: chance is 0.1
+    assert json.loads((tmp_path / "result.json").read_text())["steps"] == 60
+
+
+def test_epochs_convert_to_steps(tmp_path):
+    cfg = tiny(steps=None, epochs=1.5, eval_every=None, checkpoint_every=None)
+    trainer, result = fit(cfg, tmp_path)
+    assert result.steps == round(1.5 * trainer.stream.steps_per_epoch)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_from_step_k_checkpoint_is_bitwise_identical(tmp_path, optimizer):
+    cfg = tiny(optimizer=optimizer, lr=0.01 if optimizer == "adam" else 0.05, save_at=(25,))
+    cfg = cfg.replace(lr_schedule="cosine", warmup_steps=5)
+    fit(cfg, tmp_path / "full")
+    start = StartState.from_checkpoint(tmp_path / "full" / "checkpoints" / "step_0000025.pt")
+    assert start.step == 25
+    fit(cfg, tmp_path / "rewound", start=start)
+    assert_same_state(final_model(tmp_path / "full"), final_model(tmp_path / "rewound"))
+
+
+def test_same_command_gives_bit_identical_weights(tmp_path):
+    fit(tiny(), tmp_path / "a")
+    fit(tiny(), tmp_path / "b")
+    assert_same_state(final_model(tmp_path / "a"), final_model(tmp_path / "b"))
+    fit(tiny(data_seed=1), tmp_path / "c")
+    assert not torch.equal(
+        final_model(tmp_path / "a")["classifier.0.weight"],
+        final_model(tmp_path / "c")["classifier.0.weight"],
+    )
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_at(step: int):
+    def hook(done: int) -> None:
+        if done == step:
+            raise Crash
+
+    return hook
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    cfg = tiny(optimizer="adam", lr=0.01)
+    fit(cfg, tmp_path / "whole")
+    with pytest.raises(Crash):
+        fit(cfg, tmp_path / "killed", on_step=crash_at(47))
+    assert (tmp_path / "killed" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "killed" / "result.json").exists()
+    _, resumed = fit(cfg, tmp_path / "killed")
+    assert_same_state(final_model(tmp_path / "whole"), final_model(tmp_path / "killed"))
+    whole = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    again = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in again] == [json.loads(x)["step"] for x in whole]
+    assert [json.loads(x)["test_accuracy"] for x in again] == [
+        json.loads(x)["test_accuracy"] for x in whole
+    ]
+    assert not (tmp_path / "killed" / "checkpoints" / "last.pt").exists()
+
+
+def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny()
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        fit(cfg, run, on_step=crash_at(30))
+    good = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert good["step"] == 20
+
+    real_fsync = os.fsync
+
+    def die_midway(fd):
+        raise Crash  # the process dies after writing some bytes, before the rename
+
+    monkeypatch.setattr(storage.os, "fsync", die_midway)
+    with pytest.raises(Crash):
+        fit(cfg, run)
+    monkeypatch.setattr(storage.os, "fsync", real_fsync)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 20
+    assert not list((run / "checkpoints").glob(".*tmp"))
+    fit(cfg, run)
+    fit(cfg, tmp_path / "whole")
+    assert_same_state(final_model(tmp_path / "whole"), final_model(run))
+
+
+def test_sigkilled_process_resumes_with_the_same_command(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lottery", "train", "--model", "lenet_64_32", "--dataset",
+           "synthetic", "--steps", "400", "--batch-size", "32", "--optimizer", "sgd", "--lr",
+           "0.05", "--checkpoint-every", "10", "--eval-every", "100", "--device", "cpu",
+           "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (last.exists() and load_step(last) >= 30):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (out / "result.json").exists(), "run finished before it could be killed"
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    whole = tmp_path / "whole"
+    subprocess.run([*cmd[:-1], str(whole)], check=True, stdout=subprocess.DEVNULL)
+    assert_same_state(final_model(whole), final_model(out))
+
+
+def load_step(path) -> int:
+    try:
+        return load_checkpoint(path)["step"]
+    except CheckpointError:
+        return -1
+
+
+def test_truncated_and_foreign_checkpoints_name_the_file(tmp_path):
+    fit(tiny(save_at=(20,)), tmp_path)
+    path = tmp_path / "checkpoints" / "step_0000020.pt"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="step_0000020.pt"):
+        load_checkpoint(path)
+    evil = tmp_path / "evil.pt"
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    torch.save({"format": "lottery-checkpoint/1", "x": Boom()}, evil, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(evil)
+    assert not (tmp_path / "pwned").exists()
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="other.pt"):
+        load_checkpoint(other)
+
+
+def test_resuming_a_different_configuration_is_refused(tmp_path):
+    with pytest.raises(Crash):
+        fit(tiny(), tmp_path, on_step=crash_at(30))
+    with pytest.raises(ConfigError, match="another configuration"):
+        fit(tiny(lr=0.2), tmp_path)
+
+
+def test_bad_configuration_errors(tmp_path):
+    with pytest.raises(ConfigError, match="optimizer"):
+        tiny(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="LR schedule"):
+        tiny(lr_schedule="exp")
+    with pytest.raises(ConfigError, match="batch size"):
+        tiny(batch_size=0)
+    with pytest.raises(ConfigError, match="beyond the end"):
+        fit(tiny(save_at=(500,)), tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no usable CUDA"):
+            fit(tiny(device="cuda"), tmp_path / "cuda")
+    with pytest.raises(ConfigError, match="bf16"):
+        fit(tiny(bf16=True), tmp_path / "bf16")
+
+
+def test_lr_schedules_follow_their_definitions():
+    total = 100
+    step = lr_factor(tiny(lr_schedule="step", milestones=(50, 0.75), gamma=0.1), total)
+    assert [step(s) for s in (0, 49, 50, 74, 75, 99)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    cos = lr_factor(tiny(lr_schedule="cosine"), total)
+    assert cos(0) == pytest.approx(1) and cos(50) == pytest.approx(0.5) and cos(100) < 1e-9
+    warm = lr_factor(tiny(lr_schedule="constant", warmup_steps=10), total)
+    assert [warm(s) for s in (0, 4, 9, 10)] == pytest.approx([0.1, 0.5, 1.0, 1.0])
+    one = lr_factor(tiny(lr_schedule="one-cycle"), total)
+    assert one(0) == pytest.approx(1 / 25) and one(30) == pytest.approx(1.0)
+    assert one(100) == pytest.approx(1 / 25e4)
+    lin = lr_factor(tiny(lr_schedule="linear"), total)
+    assert lin(25) == pytest.approx(0.75)
+
+
+def test_scheduler_lr_is_recorded_per_step(tmp_path):
+    cfg = tiny(lr_schedule="step", milestones=(30,), gamma=0.5, eval_every=10)
+    fit(cfg, tmp_path)
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+    assert lrs[20] == pytest.approx(0.05) and lrs[30] == pytest.approx(0.025)
