@@ -237,5 +237,6 @@ def test_lr_schedules_follow_their_definitions():
 def test_scheduler_lr_is_recorded_per_step(tmp_path):
     cfg = tiny(lr_schedule="step", milestones=(30,), gamma=0.5, eval_every=10)
     fit(cfg, tmp_path)
-    lrs = {r["step"]: r["lr"] for r in map(json.loads, open(tmp_path / "metrics.jsonl"))}
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, lines)}
     assert lrs[20] == pytest.approx(0.05) and lrs[30] == pytest.approx(0.025)
