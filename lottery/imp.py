@@ -12,23 +12,23 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from lottery import distributed
+from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.data import Splits
 from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
 from lottery.models import output_layer_name, prunable_names
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
-from lottery.trainer import StartState, Trainer, TrainResult, resolve_device
+from lottery.trainer import StartState, TrainResult, resolve_device
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
 CONTROLS = ("random-reinit", "random-prune")
@@ -50,6 +50,7 @@ class IMPConfig:
     controls: tuple[str, ...] = ()
     save_control_weights: bool = False
     keep_checkpoints: bool = False
+    batched: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -100,68 +101,123 @@ def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = 
 
     Under torchrun every rank runs this; rank 0 writes the files and the others read them.
     """
-    out = Path(out)
-    distributed.setup(resolve_device(cfg.device))
-    data = load_data(cfg)
-    model = make_model(cfg, data)
-    imp = _resolved(imp, cfg.model, model)
+    return _search([cfg], imp, [Path(out)], progress)[0]
+
+
+def run_imp_seeds(
+    cfg: TrainConfig, imp: IMPConfig, out: str | Path, seeds: Sequence[int], progress: bool = True
+) -> dict[int, dict]:
+    """One search per seed (its init and data-order seed) in out/seed_<s>/, each laid out as usual.
+
+    The searches advance round by round together, so with `imp.batched` a round's tickets and
+    controls of every seed train as one batched model.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    cfgs = [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
+    summaries = _search(cfgs, imp, [Path(out) / f"seed_{s}" for s in seeds], progress)
+    return dict(zip(seeds, summaries, strict=True))
+
+
+def _search(
+    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], progress: bool
+) -> list[dict]:
+    """The IMP loop, for one search or several side by side (same data, model and settings)."""
+    distributed.setup(resolve_device(cfgs[0].device))
+    data = load_data(cfgs[0])
+    model = make_model(cfgs[0], data)
+    imp = _resolved(imp, cfgs[0].model, model)
     k = imp.rewind_step if imp.reset != "init" else 0
-    _write_record(out, cfg, imp)
+    for cfg, out in zip(cfgs, outs, strict=True):
+        _write_record(out, cfg, imp)
 
     # Round 0: the dense network, saving θ0 and θk once for every later round.
-    dense_cfg = cfg.replace(save_at=tuple({*cfg.save_at, 0, k}))
-    mask = Mask.ones(model)
-    rounds = [_round(0, out, dense_cfg, data, model, mask, None, imp, progress)]
-    ckpts = out / "round_00" / "ticket" / "checkpoints"
-    theta_0 = StartState.from_checkpoint(ckpts / f"step_{0:07d}.pt")
-    theta_k = StartState.from_checkpoint(ckpts / f"step_{k:07d}.pt")
+    dense = [cfg.replace(save_at=tuple({*cfg.save_at, 0, k})) for cfg in cfgs]
+    masks = [Mask.ones(model) for _ in cfgs]
+    first = _rounds(0, outs, dense, data, masks, [None] * len(cfgs), imp, progress)
+    rounds = [[row] for row in first]
+    ckpts = [out / "round_00" / "ticket" / "checkpoints" for out in outs]
+    theta_0 = [StartState.from_checkpoint(c / f"step_{0:07d}.pt") for c in ckpts]
+    theta_k = [StartState.from_checkpoint(c / f"step_{k:07d}.pt") for c in ckpts]
 
     for r in range(1, imp.rounds + 1):
-        prev = _final_weights(out / f"round_{r - 1:02d}" / "ticket")
-        mask = _next_mask(out / f"round_{r:02d}", mask, prev, imp, seed=cfg.init_seed * 1000 + r)
-        start, round_cfg = _reset(imp, cfg, theta_0, theta_k, prev, k)
-        model = make_model(cfg, data)
-        rounds.append(_round(r, out, round_cfg, data, model, mask, start, imp, progress))
-    summary = {"settings": _settings(imp), "rounds": rounds}
+        prev = [_final_weights(out / f"round_{r - 1:02d}" / "ticket") for out in outs]
+        masks = [
+            _next_mask(out / f"round_{r:02d}", m, p, imp, seed=cfg.init_seed * 1000 + r)
+            for out, m, p, cfg in zip(outs, masks, prev, cfgs, strict=True)
+        ]
+        resets = [_reset(imp, *a, k) for a in zip(cfgs, theta_0, theta_k, prev, strict=True)]
+        starts, round_cfgs = [s for s, _ in resets], [c for _, c in resets]
+        rows = _rounds(r, outs, round_cfgs, data, masks, starts, imp, progress)
+        for kept, row in zip(rounds, rows, strict=True):
+            kept.append(row)
+    summaries = [{"settings": _settings(imp), "rounds": rows} for rows in rounds]
     if distributed.is_main():
-        write_json(summary, out / "summary.json")
-    return summary
+        for summary, out in zip(summaries, outs, strict=True):
+            write_json(summary, out / "summary.json")
+    return summaries
 
 
-def _round(
+def _rounds(
+    r: int,
+    outs: list[Path],
+    cfgs: list[TrainConfig],
+    data: Splits,
+    masks: list[Mask],
+    starts: list[StartState | None],
+    imp: IMPConfig,
+    progress: bool,
+) -> list[dict]:
+    """Train round r's ticket and controls of every search (one batch with `imp.batched`); return
+    each search's summary row (and print it)."""
+    runs = [_round_runs(r, *a, data, imp) for a in zip(outs, cfgs, masks, starts, strict=True)]
+    specs = [spec for search in runs for _, spec, _ in search]
+    results = iter(train_runs(specs, data, batched=imp.batched, progress=progress))
+    rows = []
+    for i, (search, mask) in enumerate(zip(runs, masks, strict=True)):
+        controls: dict[str, dict] = {}
+        for name, spec, extra in search:
+            result = next(results)
+            weights = name is None or imp.save_control_weights
+            kept = spec.mask if spec.mask is not None else mask
+            _finish(spec.run_dir, kept, weights=weights, keep=imp.keep_checkpoints)
+            if name is None:
+                ticket = result
+            else:
+                controls[name] = {**_metrics(result), **extra}
+        row = {
+            "round": r,
+            "density": mask.density(),
+            "percent_remaining": 100 * mask.density(),
+            "layer_density": mask.layer_density(),
+            **_metrics(ticket),
+            "controls": controls,
+        }
+        tag = outs[i].name if len(outs) > 1 else ""
+        _print_row(row, imp.controls, header=r == 0 and i == 0, tag=tag)
+        rows.append(row)
+    return rows
+
+
+def _round_runs(
     r: int,
     out: Path,
     cfg: TrainConfig,
-    data: Splits,
-    model: nn.Module,
     mask: Mask,
     start: StartState | None,
+    data: Splits,
     imp: IMPConfig,
-    progress: bool,
-) -> dict:
-    """Train round r's ticket and its controls; return the round's summary row (and print it)."""
+) -> list[tuple[str | None, RunSpec, dict]]:
+    """Round r's ticket (name None) and controls as runs to train, with the controls' seeds."""
     rdir = out / f"round_{r:02d}"
     if distributed.is_main() and not (rdir / "mask.npz").exists():
         mask.save(rdir / "mask.npz")
-    trainer = Trainer(
-        cfg, data, model, rdir / "ticket", mask=mask if r else None, progress=progress,
+    ticket = RunSpec(
+        cfg, rdir / "ticket", make_model(cfg, data), mask if r else None, start,
         record={"label": f"round {r}", "round": r},
     )  # fmt: skip
-    result = trainer.fit(start)
-    _finish(trainer.run_dir, mask, weights=True, keep=imp.keep_checkpoints)
-    controls = {}
-    for c in imp.controls if r else ():
-        controls[c] = _control(c, r, rdir, cfg, data, mask, start, imp, progress)
-    row = {
-        "round": r,
-        "density": mask.density(),
-        "percent_remaining": 100 * mask.density(),
-        "layer_density": mask.layer_density(),
-        **_metrics(result),
-        "controls": controls,
-    }
-    _print_row(row, imp.controls, header=r == 0)
-    return row
+    controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if r else ())]
+    return [(None, ticket, {}), *controls]
 
 
 def _reset(
@@ -191,9 +247,7 @@ def _control(
     data: Splits,
     mask: Mask,
     start: StartState,
-    imp: IMPConfig,
-    progress: bool,
-) -> dict:
+) -> tuple[str, RunSpec, dict]:
     """One control beside round r: the same mask with a fresh init, or a random same-density mask."""
     cdir = rdir / name.replace("-", "_")
     if name == "random-reinit":
@@ -204,13 +258,8 @@ def _control(
         seed = cfg.init_seed * 1000 + 104729 * r
         cmask = _load_or_make_mask(cdir / "mask.npz", lambda: random_mask_like(mask, seed))
         cstart, extra = start, {"mask_seed": seed}
-    trainer = Trainer(
-        cfg, data, make_model(cfg, data), cdir, mask=cmask, progress=progress,
-        record={"label": f"round {r} {name}", "round": r, "control": name, **extra},
-    )  # fmt: skip
-    result = trainer.fit(cstart)
-    _finish(cdir, cmask, weights=imp.save_control_weights, keep=imp.keep_checkpoints)
-    return {**_metrics(result), **extra}
+    record = {"label": f"round {r} {name}", "round": r, "control": name, **extra}
+    return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
 
 
 def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int) -> Mask:
@@ -276,7 +325,8 @@ def _settings(imp: IMPConfig) -> dict[str, Any]:
 
 def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
     """imp.json: the search's full configuration; a different search in the same folder is refused."""
-    settings = {k: v for k, v in _settings(imp).items() if k != "rounds"}
+    # --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
+    settings = {k: v for k, v in _settings(imp).items() if k not in ("rounds", "batched")}
     fingerprint = hashlib.sha256(
         json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), settings], sort_keys=True).encode()
     ).hexdigest()[:16]
@@ -304,12 +354,14 @@ def _fmt(x: float | None) -> str:
     return "   -  " if x is None else f"{100 * x:6.2f}"
 
 
-def _print_row(row: dict, controls: tuple[str, ...], header: bool = False) -> None:
-    """One line of the per-round table (through tqdm so progress bars stay intact)."""
+def _print_row(row: dict, controls: tuple[str, ...], header: bool = False, tag: str = "") -> None:
+    """One line of the per-round table (through tqdm so progress bars stay intact); `tag` names
+    the search when several run side by side."""
     if header:
         cols = "round  weights%  test_acc  acc@best_val  best_step" + "".join(
             f"  {c:>13s}" for c in controls
         )
+        cols = f"{'search':>8s}  {cols}" if tag else cols
         tqdm.write(cols)
         tqdm.write("-" * len(cols))
     line = (
@@ -319,4 +371,4 @@ def _print_row(row: dict, controls: tuple[str, ...], header: bool = False) -> No
     for c in controls:
         m = row["controls"].get(c)
         line += f"  {_fmt(m['test_accuracy_at_best_val'] if m else None):>13s}"
-    tqdm.write(line)
+    tqdm.write(f"{tag:>8s}  {line}" if tag else line)

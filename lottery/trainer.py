@@ -9,6 +9,7 @@ replays exactly what an uninterrupted run would have done.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from lottery import distributed
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.data import BatchStream, Splits
 from lottery.masks import Mask
+from lottery.models import has_batchnorm
 from lottery.optim import build_optimizer, build_scheduler
 from lottery.storage import (
     CheckpointError,
@@ -218,6 +220,11 @@ class Trainer:
     def _data_parallel(self) -> nn.Module:
         """DDP: averaging the ranks' gradients gives the single-process mean-loss gradient of the
         global batch; on CUDA, BatchNorm also takes its statistics over the global batch."""
+        if self.device.type != "cuda" and has_batchnorm(self.model):
+            raise ConfigError(
+                "data-parallel BatchNorm models need CUDA, where SyncBatchNorm takes statistics "
+                "over the global batch as one process would; on CPU train them in one process"
+            )
         if self.device.type == "cuda":
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -262,7 +269,9 @@ class Trainer:
             self.model.load_state_dict(start.model)
         self.optimizer = build_optimizer(self.cfg, self.model)
         if start is not None and start.optimizer is not None:
-            self.optimizer.load_state_dict(start.optimizer)
+            # a copy: load_state_dict keeps the given tensors, which training and masking change
+            # in place, and one start state (θk) serves every round and control of a search
+            self.optimizer.load_state_dict(copy.deepcopy(start.optimizer))
         self.scheduler = build_scheduler(self.cfg, self.optimizer, self.total, at_step=step)
         if self.mask is not None:
             self.mask.apply_(self.model, self.optimizer)
@@ -351,9 +360,7 @@ class Trainer:
         main = distributed.is_main()
         result_path = self.run_dir / "result.json"
         last = self.ckpt_dir / "last.pt"
-        loss, acc = evaluate(
-            self.model, self.data.test_x, self.data.test_y, bf16=self.cfg.bf16, sharded=True
-        )
+        loss, acc = self._last_test  # the loop always evaluates at the final step
         result = TrainResult(
             steps=self.total,
             test_accuracy=acc,
@@ -376,7 +383,7 @@ class Trainer:
         """In a data-parallel run, fail loudly unless every rank holds the same weights and mask."""
         if distributed.world_size() == 1:
             return
-        state = {f"weight {k}": v for k, v in self.model.state_dict().items()}
+        state = {f"model {k}": v for k, v in self.model.state_dict().items()}
         if self.mask is not None:
             state.update({f"mask {k}": v for k, v in self.mask.tensors.items()})
         distributed.check_agree(state, f"weights and masks {when} of {self.run_dir}")
@@ -469,7 +476,7 @@ class Trainer:
         state = self._state(step, best, tally)
         if step in self.cfg.save_at:
             save_checkpoint(state, self.ckpt_dir / f"step_{step:07d}.pt")
-        if step < self.total:
+        if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
             save_checkpoint(state, self.ckpt_dir / "last.pt")
 
     def _evaluate(self, step: int, best: dict, tally: dict, metrics_path: Path) -> None:
@@ -490,6 +497,7 @@ class Trainer:
             "density": self.mask.density() if self.mask is not None else 1.0,
         }
         tally["loss_sum"], tally["count"] = 0.0, 0
+        self._last_test = (test_loss, test_acc)
         if distributed.is_main():
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")

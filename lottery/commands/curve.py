@@ -8,7 +8,6 @@ from pathlib import Path
 from lottery.build import load_data
 from lottery.cli import _floats, add_train_args, config_from_args
 from lottery.curves import SPARSITIES, methods, run_curve
-from lottery.report import write_report
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +50,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.report import write_report  # seaborn loads only when a figure is drawn
+
     cfg = config_from_args(args)
     if args.download:
         load_data(cfg, download=True)

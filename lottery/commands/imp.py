@@ -6,7 +6,7 @@ import argparse
 
 from lottery.build import load_data
 from lottery.cli import add_train_args, config_from_args
-from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp
+from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
 
 
@@ -16,6 +16,10 @@ def _scales(text: str) -> dict[str, float]:
         name, _, value = item.partition("=")
         out[name.strip()] = float(value)
     return out
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return tuple(int(t) for t in text.split(",") if t.strip())
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -67,6 +71,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--keep-checkpoints", action="store_true", help="keep every round's full final checkpoint"
     )
+    g = p.add_argument_group("many tickets at once")
+    g.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=None,
+        help="one search per seed (init and data-order seed, replacing --init-seed/--data-seed) "
+        "in OUT/seed_<s>/, rounds run side by side, e.g. 0,1,2",
+    )
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="train each round's ticket and controls (of every seed) as one stacked model: "
+        "one step for all, results equal to separate runs to float tolerance",
+    )
     p.set_defaults(func=run)
 
 
@@ -87,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
         controls=args.controls,
         save_control_weights=args.save_control_weights,
         keep_checkpoints=args.keep_checkpoints,
+        batched=args.batched,
     )
-    run_imp(cfg, imp, args.out, progress=not args.no_progress)
-    print(f"summary: {args.out / 'summary.json'}")
+    if args.seeds is None:
+        run_imp(cfg, imp, args.out, progress=not args.no_progress)
+        print(f"summary: {args.out / 'summary.json'}")
+        return 0
+    run_imp_seeds(cfg, imp, args.out, args.seeds, progress=not args.no_progress)
+    for s in args.seeds:
+        print(f"summary: {args.out / f'seed_{s}' / 'summary.json'}")
     return 0

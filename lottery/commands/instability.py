@@ -10,7 +10,6 @@ from lottery.cli import _ints, add_train_args, config_from_args
 from lottery.config import ConfigError, TrainConfig
 from lottery.instability import MIN_POINTS, instability_sweep
 from lottery.overlap import load_mask
-from lottery.report import write_report
 from lottery.storage import read_json
 
 
@@ -53,6 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.report import write_report  # seaborn loads only when a figure is drawn
+
     if args.dense is not None:
         if not (args.dense / "config.json").exists():
             raise ConfigError(f"--dense {args.dense} is not a training run (no config.json)")

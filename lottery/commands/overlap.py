@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from lottery import plots
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise
@@ -42,6 +41,8 @@ def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery import plots  # seaborn loads only when a figure is drawn
+
     masks = collect(args.paths, args.all_rounds)
     pairs = pairwise(masks)
     if args.heatmap is not None:

@@ -13,7 +13,7 @@ from lottery.config import ConfigError
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length
 from lottery.schedules import SCHEDULES
-from lottery.storage import load_checkpoint
+from lottery.storage import load_checkpoint, read_json
 from lottery.trainer import Trainer
 
 
@@ -84,6 +84,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
     model = make_model(cfg, data)
     trainer = Trainer(cfg, data, model, out, pruner=pruner, progress=not args.no_progress)
+    record = out / "config.json"
+    if record.exists() and read_json(record).get("fingerprint") != trainer.fingerprint:
+        raise ConfigError(
+            f"{out} already holds a run with another configuration; use a new --out directory"
+        )
     result = trainer.fit()
     final = load_checkpoint(out / "checkpoints" / "final.pt")
     mask = Mask(final["mask"])

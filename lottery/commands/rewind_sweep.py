@@ -9,7 +9,6 @@ from lottery.cli import _ints, add_train_args, config_from_args
 from lottery.commands.imp import _scales
 from lottery.imp import CONTROLS, IMPConfig
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
-from lottery.report import write_report
 from lottery.rewind import rewind_sweep
 
 
@@ -46,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.report import write_report  # seaborn loads only when a figure is drawn
+
     cfg = config_from_args(args)
     if args.download:
         load_data(cfg, download=True)

@@ -1,0 +1,234 @@
+"""Instability analysis: are two trainings from the same state linearly mode connected?
+
+From the state at step k (dense, or a pruned round's mask on the dense run's step-k weights),
+train two copies with different data orders, evaluate test error along the straight line between
+their final weights, and report the error barrier: max error on the path minus the mean of the
+endpoints' errors (Frankle, Dziugaite, Roy & Carbin, "Linear Mode Connectivity and the Lottery
+Ticket Hypothesis", ICML 2020; a network is stable when the barrier is below ~2%).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lottery.build import load_data, make_model
+from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.data import Splits
+from lottery.masks import Mask
+from lottery.models import has_batchnorm
+from lottery.rewind import checkpoint_at, train_dense
+from lottery.storage import load_checkpoint, read_json, write_json
+from lottery.trainer import StartState, Trainer, evaluate
+
+MIN_POINTS = 11
+# BatchNorm statistics along the path are re-estimated on this many training examples.
+BN_EXAMPLES = 4096
+
+
+def interpolate(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * a + alpha * b for floating tensors; integer buffers (BN counters) come from a."""
+    if a.keys() != b.keys():
+        raise ValueError("state dicts to interpolate have different keys")
+    return {
+        k: torch.lerp(v, b[k].to(v.device), alpha) if v.is_floating_point() else v.clone()
+        for k, v in a.items()
+    }
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int) -> None:
+    """Replace BatchNorm running statistics by their average over full training batches of x.
+
+    Interpolated weights make the endpoints' running statistics meaningless, so they are
+    recomputed (Frankle et al. 2020 do the same); a model without BatchNorm is left untouched.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    was_training = model.training
+    model.train()
+    size = min(batch_size, len(x))
+    for i in range(0, len(x) - size + 1, size):
+        model(x[i : i + size])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
+def error_barrier(errors: list[float]) -> float:
+    """Max error on the path minus the mean of the two endpoints' errors (never negative)."""
+    return float(max(errors) - (errors[0] + errors[-1]) / 2)
+
+
+def error_curve(
+    model: nn.Module,
+    a: dict[str, torch.Tensor],
+    b: dict[str, torch.Tensor],
+    data: Splits,
+    points: int = MIN_POINTS,
+    batch_size: int = 128,
+) -> dict[str, list[float]]:
+    """Test error and loss at `points` evenly spaced points from a (alpha=0) to b (alpha=1)."""
+    if points < MIN_POINTS:
+        raise ConfigError(f"the path needs at least {MIN_POINTS} points, got {points}")
+    bn = has_batchnorm(model)
+    bn_x = data.train_x[:BN_EXAMPLES]
+    alphas = np.linspace(0.0, 1.0, points).tolist()
+    errors, losses = [], []
+    for alpha in alphas:
+        model.load_state_dict(interpolate(a, b, alpha))
+        if bn:
+            reestimate_batchnorm(model, bn_x, batch_size)
+        loss, acc = evaluate(model, data.test_x, data.test_y)
+        errors.append(1.0 - acc)
+        losses.append(loss)
+    return {"alpha": alphas, "test_error": errors, "test_loss": losses}
+
+
+@dataclass
+class InstabilityRow:
+    """The barrier from one starting step, with the curve it was measured on."""
+
+    step: int
+    barrier: float
+    seeds: list[int]
+    endpoint_errors: list[float]
+    alpha: list[float]
+    test_error: list[float]
+    test_loss: list[float]
+
+
+def instability(
+    cfg: TrainConfig,
+    start: StartState,
+    out: str | Path,
+    *,
+    seeds: tuple[int, int],
+    points: int = MIN_POINTS,
+    mask: Mask | None = None,
+    data: Splits | None = None,
+    progress: bool = True,
+) -> InstabilityRow:
+    """Train two copies from `start` with data seeds `seeds` and measure their error barrier.
+
+    Copies are ordinary resumable Trainer runs in out/copy_<seed>; the row is cached in
+    out/curve.json, so rerunning finishes interrupted work and recomputes nothing.
+    """
+    out = Path(out)
+    if len(set(seeds)) != 2:
+        raise ConfigError(f"instability needs two different data seeds, got {seeds}")
+    if (out / "curve.json").exists():
+        return InstabilityRow(**read_json(out / "curve.json"))
+    data = data if data is not None else load_data(cfg)
+    finals = []
+    for seed in seeds:
+        copy_cfg = cfg.replace(data_seed=seed, save_at=())
+        run = out / f"copy_{seed}"
+        Trainer(
+            copy_cfg, data, make_model(cfg, data), run, mask=mask, progress=progress,
+            record={"label": f"step {start.step} copy {seed}", "start_step": start.step},
+        ).fit(start)  # fmt: skip
+        finals.append(load_checkpoint(run / "checkpoints" / "final.pt")["model"])
+    model = make_model(cfg, data).to(data.test_x.device)
+    curve = error_curve(model, finals[0], finals[1], data, points, cfg.batch_size)
+    errors = curve["test_error"]
+    row = InstabilityRow(
+        step=start.step,
+        barrier=error_barrier(errors),
+        seeds=list(seeds),
+        endpoint_errors=[errors[0], errors[-1]],
+        **curve,
+    )
+    write_json(asdict(row), out / "curve.json")
+    return row
+
+
+def instability_sweep(
+    cfg: TrainConfig,
+    steps: list[int],
+    out: str | Path,
+    *,
+    dense: str | Path | None = None,
+    mask: Mask | None = None,
+    seeds: tuple[int, int] | None = None,
+    points: int = MIN_POINTS,
+    progress: bool = True,
+) -> dict:
+    """Barrier vs starting step: one dense run with checkpoints at `steps` (or an existing one
+    given as `dense`), then two copies from each step, under `mask` for a pruned subnetwork.
+
+    Writes out/instability.json; default data seeds are the run's data seed + 1 and + 2.
+    """
+    out = Path(out)
+    steps = sorted(set(steps))
+    if not steps:
+        raise ConfigError("give at least one step to measure instability from")
+    seeds = seeds or (cfg.data_seed + 1, cfg.data_seed + 2)
+    dense_dir = Path(dense) if dense is not None else out / "dense"
+    settings = {
+        "config": cfg.fingerprint(*NON_RESULT_FIELDS),
+        "mask": mask_digest(mask) if mask is not None else None,
+        "seeds": list(seeds),
+        "points": points,
+    }
+    _claim(out, settings)
+    data = load_data(cfg)
+    if dense is None:
+        train_dense(cfg, steps, dense_dir, data, progress)
+    elif read_json(dense_dir / "config.json").get("fingerprint") != settings["config"]:
+        raise ConfigError(f"{dense_dir} was trained with another configuration than the one given")
+    rows = []
+    for k in steps:
+        start = StartState.from_checkpoint(checkpoint_at(dense_dir, k))
+        rows.append(
+            instability(
+                cfg,
+                start,
+                out / f"step_{k:07d}",
+                seeds=seeds,
+                points=points,
+                mask=mask,
+                data=data,
+                progress=progress,
+            )  # fmt: skip
+        )
+    result = {
+        **settings,
+        "dense": str(dense_dir),
+        "density": mask.density() if mask is not None else 1.0,
+        "rows": [asdict(r) for r in rows],
+    }
+    write_json(result, out / "instability.json")
+    return result
+
+
+def mask_digest(mask: Mask) -> str:
+    """A short hash of a mask's names, shapes and bits (to refuse mixing results of two masks)."""
+    h = hashlib.sha256()
+    for name, t in mask.tensors.items():
+        h.update(f"{name}:{tuple(t.shape)}".encode())
+        h.update(t.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _claim(out: Path, settings: dict) -> None:
+    """Record the sweep's settings in out/settings.json; a folder used with others is refused."""
+    path = out / "settings.json"
+    if path.exists() and read_json(path) != settings:
+        raise ConfigError(
+            f"{out} holds an instability sweep with other settings "
+            f"({read_json(path)}); use a new --out directory"
+        )
+    write_json(settings, path)

@@ -1,0 +1,126 @@
+"""Gradual pruning during training: a schedule's target sparsity reached through the mask engine.
+
+`GradualPruner` implements the Trainer's `Pruner` protocol. At each update step it scores the
+current weights and extends the mask to exactly the schedule's target (the same `score` + `prune`
+that IMP uses, so schedule comparisons differ only by the schedule). Its records of
+(step, target, reached sparsity) travel inside checkpoints and are mirrored to a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lottery import distributed
+from lottery.config import ConfigError, TrainConfig
+from lottery.data import BatchStream, Splits
+from lottery.masks import GRANULARITIES, SCOPES, Mask, prune, score
+from lottery.schedules import Schedule
+from lottery.storage import write_jsonl
+
+
+def run_length(cfg: TrainConfig, data: Splits) -> tuple[int, int]:
+    """(total steps, steps per epoch) of the run `cfg` describes on `data`, as the Trainer counts."""
+    per_epoch = BatchStream(
+        data.train_x, data.train_y, cfg.batch_size, cfg.data_seed
+    ).steps_per_epoch
+    return cfg.total_steps(per_epoch), per_epoch
+
+
+@dataclass
+class GradualPruner:
+    """Extends the mask to `schedule`'s target every `every` steps of a `total_steps` run.
+
+    Updates happen at step 0 (the initial sparsity, before training), then at the window start
+    and every `every` steps after it (Zhu & Gupta's t0 + nΔt), and at the window end, so the
+    final sparsity is reached exactly when the window closes.
+    """
+
+    schedule: Schedule
+    total_steps: int
+    every: int = 100
+    steps_per_epoch: int | None = None
+    scope: str = "layer"
+    granularity: str = "weight"
+    criterion: str = "magnitude"
+    rate_scale: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    log_path: Path | None = None
+    records: list[dict[str, Any]] = field(default_factory=list, init=False)
+    update_steps: set[int] = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ConfigError(f"total steps must be >= 1, got {self.total_steps}")
+        if not isinstance(self.every, int) or self.every < 1:
+            raise ConfigError(f"mask update frequency must be >= 1 step, got {self.every!r}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown pruning scope {self.scope!r}; choose from {SCOPES}")
+        if self.granularity not in GRANULARITIES:
+            raise ConfigError(
+                f"unknown granularity {self.granularity!r}; choose from {GRANULARITIES}"
+            )
+        a, b = self.schedule.window_steps(self.total_steps, self.steps_per_epoch)
+        self.update_steps = {0, *range(a, b, self.every), b}
+
+    def target(self, step: int) -> float:
+        """The schedule's target sparsity after `step` optimizer steps."""
+        return self.schedule.at_step(step, self.total_steps, self.steps_per_epoch)
+
+    def update(self, step: int, model: nn.Module, mask: Mask) -> Mask:
+        """Score the current weights and extend `mask` to exactly the target sparsity."""
+        target = self.target(step)
+        params = dict(model.named_parameters())
+        weights = {n: params[n].detach() for n in mask.names()}
+        scores = score(weights, self.criterion, seed=self.seed + step)
+        new = prune(
+            mask,
+            scores,
+            sparsity=target,
+            scope=self.scope,
+            granularity=self.granularity,
+            rate_scale=self.rate_scale,
+        )
+        self.records.append(
+            {
+                "step": step,
+                "target": target,
+                "sparsity": new.sparsity(),
+                "kept": new.kept(),
+                "layer_density": new.layer_density(),
+            }
+        )
+        self._write_log()
+        return new
+
+    def settings(self) -> dict[str, Any]:
+        """Everything that determines the pruning (recorded in the run's config for resume checks)."""
+        return {
+            "schedule": self.schedule.to_dict(),
+            "every": self.every,
+            "scope": self.scope,
+            "granularity": self.granularity,
+            "criterion": self.criterion,
+            "rate_scale": dict(self.rate_scale),
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"settings": self.settings(), "records": [dict(r) for r in self.records]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the records of a checkpoint (and drop log lines written after it)."""
+        if state["settings"] != self.settings():
+            raise ConfigError(
+                "the checkpoint was written under other pruning settings "
+                f"({state['settings']} vs {self.settings()}); use a new run directory"
+            )
+        self.records = [dict(r) for r in state["records"]]
+        self._write_log()
+
+    def _write_log(self) -> None:
+        if self.log_path is not None and distributed.is_main():
+            write_jsonl(self.records, self.log_path)

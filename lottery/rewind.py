@@ -1,0 +1,94 @@
+"""Rewind-point comparison: IMP from several rewind steps that share one dense run.
+
+One dense run keeps checkpoints at every requested step; each rewind point k then runs IMP with
+weight rewinding to k (Frankle, Dziugaite, Roy & Carbin 2019/2020) with the same init, data order
+and pruning settings. Every IMP search reads its round 0 from the shared dense run (a relative
+link round_00/ticket -> ../../dense), so the dense network is trained once, not once per point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from lottery.build import load_data, make_model
+from lottery.config import ConfigError, TrainConfig
+from lottery.data import Splits
+from lottery.imp import IMPConfig, run_imp
+from lottery.masks import Mask
+from lottery.overlap import pairwise, round_dirs
+from lottery.storage import write_json
+from lottery.trainer import Trainer, TrainResult
+
+
+def checkpoint_at(run: Path, step: int) -> Path:
+    """The checkpoint a run kept at `step`, or a clear error naming the steps it has."""
+    path = run / "checkpoints" / f"step_{step:07d}.pt"
+    if not path.exists():
+        have = sorted(int(p.stem[5:]) for p in (run / "checkpoints").glob("step_*.pt"))
+        raise ConfigError(f"{run} kept no checkpoint at step {step} (it has steps {have})")
+    return path
+
+
+def train_dense(
+    cfg: TrainConfig,
+    steps: list[int],
+    run_dir: Path,
+    data: Splits | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume, or reuse) the dense network with checkpoints at `steps` and step 0."""
+    data = data if data is not None else load_data(cfg)
+    dense_cfg = cfg.replace(save_at=(*cfg.save_at, 0, *steps))
+    trainer = Trainer(
+        dense_cfg, data, make_model(cfg, data), run_dir, progress=progress,
+        record={"label": "dense", "round": 0},
+    )  # fmt: skip
+    return trainer.fit()
+
+
+def rewind_dir(out: Path, step: int) -> Path:
+    return out / f"rewind_{step:07d}"
+
+
+def rewind_sweep(
+    cfg: TrainConfig, imp: IMPConfig, steps: list[int], out: str | Path, progress: bool = True
+) -> dict:
+    """IMP with rewinding to each of `steps`, sharing one dense run; writes out/rewind_sweep.json.
+
+    The result holds each rewind point's per-round summary and, for every pruned round, the
+    pairwise overlap of the rewind points' masks against the chance baseline.
+    """
+    out = Path(out)
+    steps = sorted(set(steps))
+    if not steps:
+        raise ConfigError("give at least one rewind step")
+    dense = out / "dense"
+    train_dense(cfg, steps, dense, progress=progress)
+    runs = {}
+    for k in steps:
+        kdir = rewind_dir(out, k)
+        link = kdir / "round_00" / "ticket"
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.relpath(dense, link.parent), link, target_is_directory=True)
+        rewound = dataclasses.replace(imp, reset="rewind", rewind_step=k)
+        runs[str(k)] = run_imp(cfg, rewound, kdir, progress=progress)["rounds"]
+    result = {
+        "steps": steps,
+        "imp": {**dataclasses.asdict(imp), "reset": "rewind"},
+        "runs": runs,
+        "overlap": sweep_overlap(out, steps),
+    }
+    write_json(result, out / "rewind_sweep.json")
+    return result
+
+
+def sweep_overlap(out: Path, steps: list[int]) -> dict[str, list[dict]]:
+    """For each pruned round, the pairwise overlap of the rewind points' masks (by round name)."""
+    by_round: dict[str, dict[str, Mask]] = {}
+    for k in steps:
+        for r in round_dirs(rewind_dir(out, k))[1:]:
+            by_round.setdefault(r.name, {})[f"k={k}"] = Mask.load(r / "mask.npz")
+    return {name: pairwise(masks) for name, masks in by_round.items() if len(masks) > 1}
