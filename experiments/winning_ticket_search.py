@@ -52,7 +52,7 @@ def search(seeds: list[int], rounds: int, epochs: float, out: Path, device: str)
                         "round": r["round"],
                         "percent_remaining": r["percent_remaining"],
                         "method": method,
-                        "test_accuracy": m["test_accuracy_at_best_val"],
+                        "test_accuracy_at_best_val": m["test_accuracy_at_best_val"],
                         "final_test_accuracy": m["test_accuracy"],
                         "best_val_step": m["best_val_step"],
                     }
@@ -68,8 +68,9 @@ def table(rows: list[dict]) -> str:
         sel = [r for r in rows if r["round"] == k]
         cells = []
         for method in METHODS:
-            acc = np.array([100 * r["test_accuracy"] for r in sel if r["method"] == method])
-            cells.append(f"{acc.mean():.2f} ± {acc.std():.2f}")
+            acc = [100 * r["test_accuracy_at_best_val"] for r in sel if r["method"] == method]
+            acc = np.array(acc)
+            cells.append(f"{acc.mean():.2f} ± {acc.std(ddof=1) if len(acc) > 1 else 0.0:.2f}")
         lines.append(f"| {k} | {sel[0]['percent_remaining']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -96,7 +97,8 @@ def main() -> None:
     accuracy_vs_density(
         series,
         args.out / "accuracy_vs_weights.png",
-        title="LeNet-300-100, Fashion-MNIST: ticket vs random re-init (mean ± std over seeds)",
+        metric="test_accuracy_at_best_val",
+        title="LeNet-300-100 on Fashion-MNIST (mean ± std over seeds)",
     )
     print(table(rows))
     print(f"\nwrote {args.out / 'results.csv'} and {args.out / 'accuracy_vs_weights.png'}")

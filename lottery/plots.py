@@ -56,8 +56,10 @@ def accuracy_vs_density(
     path: str | Path,
     metric: str = "test_accuracy",
     title: str = "Test accuracy vs weights remaining",
+    errorbar: str | tuple = "sd",
 ) -> Path:
-    """One line per series of rows with `percent_remaining` and `metric` (an accuracy in [0, 1])."""
+    """One line per series of rows with `percent_remaining` and `metric` (an accuracy in [0, 1]);
+    several rows at one density (seeds) draw their mean with an `errorbar` band (seaborn's)."""
     data = {"remaining": [], "accuracy": [], "series": []}
     for label, rows in series.items():
         for r in rows:
@@ -66,7 +68,15 @@ def accuracy_vs_density(
                 data["accuracy"].append(100 * r[metric])
                 data["series"].append(label)
     with _figure(path) as ax:
-        sns.lineplot(data=data, x="remaining", y="accuracy", hue="series", marker="o", ax=ax)
+        sns.lineplot(
+            data=data,
+            x="remaining",
+            y="accuracy",
+            hue="series",
+            marker="o",
+            errorbar=errorbar,
+            ax=ax,
+        )
         _percent_axis(ax, data["remaining"])
         ax.set_ylabel(f"{metric.replace('_', ' ')} (%)")
         ax.set_title(title)
