@@ -11,6 +11,11 @@ into cohorts that agree on those. Each run keeps its own `Trainer` for its recor
 metrics.jsonl, checkpoints, result.json), written as a single run writes them; its checkpoints
 resume in either mode. Results match separate runs to float tolerance, not bitwise: a batched
 matrix product may round differently from K separate ones.
+
+Resume: every copy refreshes its own last.pt at its checkpoint steps; a rerun restacks the copies
+from those and continues bit for bit. Should a crash fall between two copies' writes, the copies
+resume in separate cohorts from their own steps, exact to float tolerance. A run's `seconds` is
+its share (1/K) of the cohort's wall time, so seconds still add up over a search.
 """
 
 from __future__ import annotations
@@ -52,8 +57,9 @@ class RunSpec:
 
 
 @dataclass
-class _Member:
-    """A prepared run inside a cohort: its Trainer and where its records stand."""
+class PreparedRun:
+    """A run whose Trainer has written its config and set up (or resumed) its start state:
+    the step it stands at and its best-validation and loss tallies."""
 
     index: int
     trainer: Trainer
@@ -84,13 +90,13 @@ def train_runs(
     if distributed.world_size() > 1:
         raise ConfigError("batched training runs in one process; do not start it with torchrun")
     results: dict[int, TrainResult] = {}
-    cohorts: dict[str, list[_Member]] = {}
+    cohorts: dict[str, list[PreparedRun]] = {}
     for i, (t, s) in enumerate(zip(trainers, specs, strict=True)):
         if (t.run_dir / "result.json").exists():
             results[i] = t.fit(s.start)
             continue
         step, best, tally = t._prepare(s.start)
-        cohorts.setdefault(cohort_key(t, step), []).append(_Member(i, t, step, best, tally))
+        cohorts.setdefault(cohort_key(t, step), []).append(PreparedRun(i, t, step, best, tally))
     for members in cohorts.values():
         if len(members) == 1:  # nothing to stack: the Trainer's own loop, bit for bit
             m = members[0]
@@ -127,7 +133,7 @@ class BatchedTrainer:
 
     def __init__(
         self,
-        members: list[_Member],
+        members: list[PreparedRun],
         *,
         progress: bool = True,
         on_step: Callable[[int], None] | None = None,

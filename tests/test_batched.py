@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from lottery.batched import BatchedTrainer, RunSpec, _Member, cohort_key, train_runs
+from lottery.batched import BatchedTrainer, PreparedRun, RunSpec, cohort_key, train_runs
 from lottery.build import load_data, make_model
 from lottery.cli import main
 from lottery.config import TrainConfig
@@ -160,7 +160,7 @@ def test_each_copy_gets_its_own_data_order(tmp_path, seeds):
     for i, seed in enumerate(seeds):
         c = cfg.replace(data_seed=seed)
         t = Trainer(c, data, make_model(c, data), tmp_path / str(i), progress=False)
-        members.append(_Member(i, t, *t._prepare(None)))
+        members.append(PreparedRun(i, t, *t._prepare(None)))
     batched = BatchedTrainer(members, progress=False)
     per_epoch = members[0].trainer.stream.steps_per_epoch
     for step in (0, 1, per_epoch - 1, per_epoch, 3 * per_epoch + 2):
@@ -186,6 +186,34 @@ def test_cohorts_follow_optimizer_step_and_settings(tmp_path):
     other = cfg.replace(lr=0.02)
     t = Trainer(other, data, make_model(other, data), tmp_path / "d", progress=False)
     assert cohort_key(t, t._prepare(theta_5)[0]) != keys[0]
+
+
+def test_sgd_copies_with_and_without_momentum_share_a_cohort(tmp_path):
+    """A fresh SGD copy joins copies that carry θk's momentum: zeros stand in for its buffer."""
+    cfg = tiny(steps=20, save_at=(5,))
+    data = load_data(cfg)
+    Trainer(cfg, data, make_model(cfg, data), tmp_path / "src", progress=False).fit()
+    theta_5 = StartState.from_checkpoint(tmp_path / "src" / "checkpoints" / "step_0000005.pt")
+    starts = [theta_5, StartState(make_model(cfg, data, seed=9).state_dict(), None, 5)]
+
+    def runs(root):
+        return [RunSpec(cfg, root / f"r{i}", make_model(cfg, data), None, s)
+                for i, s in enumerate(starts)]  # fmt: skip
+
+    train_runs(runs(tmp_path / "a"), data, batched=False, progress=False)
+    probe = runs(tmp_path / "probe")
+    trainers = [Trainer(s.cfg, data, s.model, s.run_dir, progress=False) for s in probe]
+    keys = {cohort_key(t, t._prepare(s.start)[0]) for t, s in zip(trainers, probe, strict=True)}
+    assert len(keys) == 1
+    train_runs(runs(tmp_path / "b"), data, batched=True, progress=False)
+    for i in range(2):
+        a = load_checkpoint(tmp_path / "a" / f"r{i}" / "checkpoints" / "final.pt")
+        b = load_checkpoint(tmp_path / "b" / f"r{i}" / "checkpoints" / "final.pt")
+        assert_close_states(a["model"], b["model"])
+        for sa, sb in zip(
+            a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True
+        ):
+            assert_close_states(sa, sb)
 
 
 def bn_mlp(seed: int) -> torch.nn.Module:
