@@ -245,3 +245,25 @@ def test_apply_zeroes_optimizer_state_of_pruned_entries():
         st = opt.state[params[n]]
         assert (st["exp_avg"][~t] == 0).all() and (st["exp_avg_sq"][~t] == 0).all()
         assert (params[n][~t] == 0).all()
+
+
+@pytest.mark.parametrize("values", ["continuous", "few_levels"])
+def test_large_selection_matches_a_stable_sort(values):
+    """Above a million weights the threshold is found by sampling; it must stay exact."""
+    gen = torch.Generator().manual_seed(0)
+    shapes = {"a": (700, 1000), "b": (300, 1100), "c": (50_000,)}
+    if values == "continuous":
+        w = {n: torch.randn(s, generator=gen) for n, s in shapes.items()}
+    else:  # heavy ties: 7 distinct magnitudes
+        w = {n: torch.randint(-3, 4, s, generator=gen).float() for n, s in shapes.items()}
+    start = Mask({n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()})
+    start.tensors["a"][:10] = False  # already pruned entries stay pruned and count
+    mask = prune(start, score(w), sparsity=0.37, scope="global")
+    flat = torch.cat([t.abs().flatten() for t in w.values()])
+    keep0 = torch.cat([t.flatten() for t in start.tensors.values()])
+    flat = torch.where(keep0, flat, -torch.inf)
+    order = torch.sort(flat, stable=True).indices
+    expected = torch.ones_like(keep0)
+    expected[order[: round(0.37 * flat.numel())]] = False
+    got = torch.cat([t.flatten() for t in mask.tensors.values()])
+    assert torch.equal(got, expected)
