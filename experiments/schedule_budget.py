@@ -7,7 +7,7 @@ exponential and one-cycle, each over several seeds; a dense run per seed gives t
 Every schedule goes through the same GradualPruner and mask engine, so runs differ only by the
 schedule. Writes results.json, table.md, sparsity.png and accuracy.png under --out.
 
-    python -m experiments.schedule_budget            # the README's table (about 25 min, 2 cores)
+    python -m experiments.schedule_budget            # the README table (~12 min on 2 idle cores)
     python -m experiments.schedule_budget --quick    # a one-minute smoke run
 """
 
@@ -226,7 +226,7 @@ def figures(runs: list[dict], out: Path) -> None:
 
     first = min(r["seed"] for r in runs)
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+        fig = Figure(figsize=(9.0, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         for r in runs:
@@ -237,7 +237,7 @@ def figures(runs: list[dict], out: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("sparsity reached (%)")
         ax.set_title(f"Pruning schedules to {100 * FINAL_SPARSITY:g}% sparsity")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(out / "sparsity.png", dpi=150)
 
     data = {"step": [], "accuracy": [], "schedule": []}
@@ -247,13 +247,13 @@ def figures(runs: list[dict], out: Path) -> None:
             data["accuracy"].append(100 * m["test_accuracy"])
             data["schedule"].append(r["schedule"])
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+        fig = Figure(figsize=(9.0, 4.5), layout="constrained")
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         sns.lineplot(data=data, x="step", y="accuracy", hue="schedule", errorbar=("ci", 95), ax=ax)
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("Test accuracy during training (mean over seeds)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.savefig(out / "accuracy.png", dpi=150)
 
 

@@ -58,6 +58,17 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.split(",") if t.strip())
 
 
+def parse_scales(text: str) -> dict[str, float]:
+    """`name=x,name=y` per-tensor rate multipliers (as for --rate-scale)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected NAME=MULTIPLIER, got {item!r}")
+        out[name.strip()] = float(value)
+    return out
+
+
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(t) for t in text.split(",") if t.strip())
 

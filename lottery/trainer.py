@@ -322,6 +322,7 @@ class Trainer:
     def _fit(self, start: StartState | None) -> TrainResult:
         result_path = self.run_dir / "result.json"
         if distributed.from_main(result_path.exists()):
+            self._write_config()  # refuses a finished run made with other settings
             return TrainResult.from_dict(read_json(result_path))
         step, best, tally = self._prepare(start)
         self._loop(step, best, tally, self.run_dir / "metrics.jsonl")

@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import add_train_args, config_from_args
+from lottery.cli import add_train_args, config_from_args, parse_scales
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
-
-
-def _scales(text: str) -> dict[str, float]:
-    out = {}
-    for item in filter(None, text.split(",")):
-        name, _, value = item.partition("=")
-        out[name.strip()] = float(value)
-    return out
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -43,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--rate-scale",
-        type=_scales,
+        type=parse_scales,
         default=None,
         help="per-tensor multipliers of the rate, e.g. classifier.4.weight=0.5 (0 leaves it unpruned)",
     )

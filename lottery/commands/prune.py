@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lottery import distributed
 from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args
-from lottery.commands.imp import _scales
+from lottery.cli import add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length
 from lottery.schedules import SCHEDULES
-from lottery.storage import load_checkpoint, read_json
+from lottery.storage import load_checkpoint
 from lottery.trainer import Trainer
 
 
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
     g.add_argument(
         "--rate-scale",
-        type=_scales,
+        type=parse_scales,
         default={},
         help="per-tensor multipliers of the target, e.g. classifier.4.weight=0.5 (0: unpruned)",
     )
@@ -84,16 +84,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
     model = make_model(cfg, data)
     trainer = Trainer(cfg, data, model, out, pruner=pruner, progress=not args.no_progress)
-    record = out / "config.json"
-    if record.exists() and read_json(record).get("fingerprint") != trainer.fingerprint:
-        raise ConfigError(
-            f"{out} already holds a run with another configuration; use a new --out directory"
-        )
-    result = trainer.fit()
+    result = trainer.fit()  # refuses a folder that holds a run with other settings
     final = load_checkpoint(out / "checkpoints" / "final.pt")
     mask = Mask(final["mask"])
-    mask.save(out / "mask.npz")
-    save_sparse(final["model"], mask, out / "weights.npz")
+    if distributed.is_main():
+        mask.save(out / "mask.npz")
+        save_sparse(final["model"], mask, out / "weights.npz")
     print(
         f"{schedule.name}: sparsity {mask.sparsity():.4f} (target {schedule.final_sparsity}), "
         f"test accuracy {result.test_accuracy:.4f}, {len(pruner.update_steps)} mask updates; "

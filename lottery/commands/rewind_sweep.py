@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import _ints, add_train_args, config_from_args
-from lottery.commands.imp import _scales
+from lottery.cli import _ints, add_train_args, config_from_args, parse_scales
 from lottery.imp import CONTROLS, IMPConfig
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
 from lottery.rewind import rewind_sweep
@@ -32,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense round 0")
     g.add_argument("--prune-fraction", type=float, default=None)
     g.add_argument("--scope", choices=SCOPES, default=None)
-    g.add_argument("--rate-scale", type=_scales, default=None)
+    g.add_argument("--rate-scale", type=parse_scales, default=None)
     g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
     g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
     g.add_argument(
