@@ -54,7 +54,8 @@ def paper_defaults(model: str) -> dict:
     return PAPER_DEFAULTS.get(model, PAPER_DEFAULTS["deep"])
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def parse_ints(text: str) -> tuple[int, ...]:
+    """`1,2,3` as a tuple of ints (as for --save-at, --seeds)."""
     return tuple(int(t) for t in text.split(",") if t.strip())
 
 
@@ -147,7 +148,7 @@ def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     )
     g.add_argument(
         "--save-at",
-        type=_ints,
+        type=parse_ints,
         default=(),
         help="also keep checkpoints at these steps, e.g. 0,100,500",
     )

@@ -24,7 +24,7 @@ import torch
 from scipy import optimize, signal, special, stats
 
 from lottery.masks import Mask, MaskError, load_sparse
-from lottery.storage import load_checkpoint, read_json
+from lottery.storage import load_checkpoint
 
 # Entries of a (tilted) pmf below this fraction of its largest entry are dropped before convolving.
 _TRUNCATE = 1e-30
@@ -350,11 +350,3 @@ def run_sign_agreement(run: Path) -> dict[str, dict]:
             final, _ = load_sparse(weights)
             out[r.name] = sign_agreement(initial, final, Mask.load(r / "mask.npz"))
     return out
-
-
-def summary_rows(run: Path) -> list[dict]:
-    """An IMP run's per-round summary rows (summary.json)."""
-    path = run / "summary.json"
-    if not path.exists():
-        raise MaskError(f"{run} has no summary.json: not a finished IMP run")
-    return read_json(path)["rounds"]

@@ -5,23 +5,13 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import add_train_args, config_from_args, parse_scales
+from lottery.cli import add_train_args, config_from_args, parse_ints, parse_scales
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
 
 
-def _seeds(text: str) -> tuple[int, ...]:
-    return tuple(int(t) for t in text.split(",") if t.strip())
-
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "imp",
-        help="iterative magnitude pruning: find winning tickets",
-        description="Train, prune the smallest weights, reset the survivors, retrain; repeat. "
-        "Rerunning the same command resumes; a larger --rounds extends a finished search.",
-    )
-    add_train_args(p, "checkpoints/imp")
+def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """IMP's pruning flags, shared by `lottery imp` and `lottery rewind-sweep`."""
     g = p.add_argument_group("pruning (unset flags take the model's paper defaults)")
     g.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense round 0")
     g.add_argument(
@@ -42,6 +32,37 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
     g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
     g.add_argument(
+        "--controls",
+        type=lambda s: tuple(filter(None, s.split(","))),
+        default=(),
+        help=f"comma-separated, from {', '.join(CONTROLS)}",
+    )
+    return g
+
+
+def pruning_settings(args: argparse.Namespace) -> dict:
+    """IMPConfig fields from the flags of `add_pruning_args`."""
+    return {
+        "rounds": args.rounds,
+        "fraction": args.prune_fraction,
+        "scope": args.scope,
+        "rate_scale": args.rate_scale,
+        "granularity": args.granularity,
+        "criterion": args.criterion,
+        "controls": args.controls,
+    }
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "imp",
+        help="iterative magnitude pruning: find winning tickets",
+        description="Train, prune the smallest weights, reset the survivors, retrain; repeat. "
+        "Rerunning the same command resumes; a larger --rounds extends a finished search.",
+    )
+    add_train_args(p, "checkpoints/imp")
+    g = add_pruning_args(p)
+    g.add_argument(
         "--reset",
         choices=RESETS,
         default="init",
@@ -52,12 +73,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--finetune-lr", type=float, default=None, help="LR for --reset finetune (default: lr/100)"
     )
     g.add_argument(
-        "--controls",
-        type=lambda s: tuple(filter(None, s.split(","))),
-        default=(),
-        help=f"comma-separated, from {', '.join(CONTROLS)}",
-    )
-    g.add_argument(
         "--save-control-weights", action="store_true", help="also store the controls' final weights"
     )
     g.add_argument(
@@ -66,7 +81,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("many tickets at once")
     g.add_argument(
         "--seeds",
-        type=_seeds,
+        type=parse_ints,
         default=None,
         help="one search per seed (init and data-order seed, replacing --init-seed/--data-seed) "
         "in OUT/seed_<s>/, rounds run side by side, e.g. 0,1,2",
@@ -85,16 +100,10 @@ def run(args: argparse.Namespace) -> int:
     if args.download:
         load_data(cfg, download=True)
     imp = IMPConfig(
-        rounds=args.rounds,
-        fraction=args.prune_fraction,
-        scope=args.scope,
-        rate_scale=args.rate_scale,
-        granularity=args.granularity,
-        criterion=args.criterion,
+        **pruning_settings(args),
         reset=args.reset,
         rewind_step=args.rewind_step,
         finetune_lr=args.finetune_lr,
-        controls=args.controls,
         save_control_weights=args.save_control_weights,
         keep_checkpoints=args.keep_checkpoints,
         batched=args.batched,

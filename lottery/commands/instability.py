@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.build import load_data
-from lottery.cli import _ints, add_train_args, config_from_args
+from lottery.cli import add_train_args, config_from_args, parse_ints
 from lottery.config import ConfigError, TrainConfig
 from lottery.instability import MIN_POINTS, instability_sweep
 from lottery.overlap import load_mask
@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_train_args(p, "checkpoints/instability")
     p.add_argument(
         "--start-steps",
-        type=_ints,
+        type=parse_ints,
         required=True,
         help="comma-separated steps k the copies start from, e.g. 0,50,200",
     )
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=_ints,
+        type=parse_ints,
         default=None,
         help="the copies' two data seeds (default: data seed + 1, + 2)",
     )

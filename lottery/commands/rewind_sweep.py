@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import _ints, add_train_args, config_from_args, parse_scales
-from lottery.imp import CONTROLS, IMPConfig
-from lottery.masks import GRANULARITIES, SCOPES, SCORERS
+from lottery.cli import add_train_args, config_from_args, parse_ints
+from lottery.commands.imp import add_pruning_args, pruning_settings
+from lottery.imp import IMPConfig
 from lottery.rewind import rewind_sweep
 
 
@@ -23,23 +23,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_train_args(p, "checkpoints/rewind_sweep")
     p.add_argument(
         "--rewind-steps",
-        type=_ints,
+        type=parse_ints,
         required=True,
         help="comma-separated rewind steps k, e.g. 0,100,500,2000",
     )
-    g = p.add_argument_group("pruning (unset flags take the model's paper defaults)")
-    g.add_argument("--rounds", type=int, default=5, help="pruning rounds after the dense round 0")
-    g.add_argument("--prune-fraction", type=float, default=None)
-    g.add_argument("--scope", choices=SCOPES, default=None)
-    g.add_argument("--rate-scale", type=parse_scales, default=None)
-    g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
-    g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
-    g.add_argument(
-        "--controls",
-        type=lambda s: tuple(filter(None, s.split(","))),
-        default=(),
-        help=f"comma-separated, from {', '.join(CONTROLS)}",
-    )
+    add_pruning_args(p)
     p.set_defaults(func=run)
 
 
@@ -49,16 +37,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.download:
         load_data(cfg, download=True)
-    imp = IMPConfig(
-        rounds=args.rounds,
-        fraction=args.prune_fraction,
-        scope=args.scope,
-        rate_scale=args.rate_scale,
-        granularity=args.granularity,
-        criterion=args.criterion,
-        reset="rewind",
-        controls=args.controls,
-    )
+    imp = IMPConfig(**pruning_settings(args), reset="rewind")
     result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, not args.no_progress)
     print(
         f"\n{'round':>5s} {'weights%':>9s}"

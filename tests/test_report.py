@@ -1,0 +1,53 @@
+"""Reports and the analysis commands end to end: curve, instability and training-run folders."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lottery.cli import main
+from lottery.config import ConfigError
+from lottery.report import write_report
+
+TINY = [
+    "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "40", "--batch-size", "32",
+    "--optimizer", "sgd", "--lr", "0.05", "--device", "cpu", "--no-progress",
+]  # fmt: skip
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_curve_command_reports_curves_and_sizes(tmp_path, capsys):
+    out = tmp_path / "curve"
+    assert main(["curve", *TINY, "--sparsities", "0,0.5,0.9", "--out", str(out)]) == 0
+    result = json.loads((out / "curve.json").read_text())
+    dense = json.loads((out / "dense" / "result.json").read_text())
+    zero = [r for r in result["curve"] if r["sparsity"] == 0.0]
+    assert len(zero) == 4 and all(r["test_accuracy"] == dense["test_accuracy"] for r in zero)
+    assert [z["sparsity"] for z in result["sizes"]] == [0.0, 0.5, 0.9]
+    for name in ("pruning_curves.png", "size_on_disk.png"):
+        assert (out / "report" / name).read_bytes().startswith(PNG)
+    md = (out / "report" / "report.md").read_text()
+    assert "layer-filter-l2" in md and "sparse bytes" in md
+    assert "global-l1" in capsys.readouterr().out
+
+
+def test_instability_command_and_training_run_report(tmp_path, capsys):
+    out = tmp_path / "inst"
+    assert main(["instability", *TINY, "--start-steps", "0,20", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "barrier" in table
+    md = (out / "report" / "report.md").read_text()
+    assert "| 0 |" in md and "| 20 |" in md
+    assert (out / "report" / "barrier_vs_step.png").read_bytes().startswith(PNG)
+    # the dense run it trained is a training run with its own report
+    written = write_report(out / "dense", tmp_path / "dense_report")
+    assert [p.name for p in written] == ["schedules.png", "report.md"]
+    assert (
+        main(["instability", *TINY, "--start-steps", "0", "--seeds", "1", "--out", str(out)]) == 2
+    )
+
+
+def test_report_refuses_a_folder_without_results(tmp_path):
+    with pytest.raises(ConfigError, match="no recognisable results"):
+        write_report(tmp_path)

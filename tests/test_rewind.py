@@ -1,0 +1,43 @@
+"""Rewind sweep: one shared dense run, and each rewind point equal to a standalone IMP search."""
+
+from __future__ import annotations
+
+import json
+
+from lottery.imp import IMPConfig, run_imp
+from lottery.masks import Mask
+from lottery.report import write_report
+from lottery.rewind import rewind_sweep
+from tests.conftest import tiny
+
+
+def test_sweep_shares_the_dense_run_and_matches_standalone_imp(tmp_path):
+    cfg = tiny(steps=40)
+    imp = IMPConfig(rounds=1, fraction=0.5, scope="layer")
+    result = rewind_sweep(cfg, imp, [20, 0], tmp_path / "sweep", progress=False)
+    assert result["steps"] == [0, 20] and set(result["runs"]) == {"0", "20"}
+    dense = (tmp_path / "sweep" / "dense").resolve()
+    for k in (0, 20):
+        ticket = tmp_path / "sweep" / f"rewind_{k:07d}" / "round_00" / "ticket"
+        assert ticket.is_symlink() and ticket.resolve() == dense
+    # rewinding to k inside the sweep is exactly IMP with --reset rewind --rewind-step k
+    alone = run_imp(
+        cfg, IMPConfig(rounds=1, fraction=0.5, scope="layer", reset="rewind", rewind_step=20),
+        tmp_path / "alone", progress=False,
+    )  # fmt: skip
+    mask = Mask.load(tmp_path / "sweep" / "rewind_0000020" / "round_01" / "mask.npz")
+    assert mask.equal(Mask.load(tmp_path / "alone" / "round_01" / "mask.npz"))
+    ours = result["runs"]["20"][1]
+    assert ours["test_accuracy"] == alone["rounds"][1]["test_accuracy"]
+    # both rewind points prune the same dense weights, so their round-1 masks are identical
+    pair = result["overlap"]["round_01"][0]
+    assert (pair["a"], pair["b"]) == ("k=0", "k=20") and pair["jaccard"] == 1.0
+    recorded = json.loads((tmp_path / "sweep" / "rewind_sweep.json").read_text())
+    assert recorded["runs"] == result["runs"]
+    # a rerun reuses everything
+    assert (
+        rewind_sweep(cfg, imp, [0, 20], tmp_path / "sweep", progress=False)["runs"]
+        == result["runs"]
+    )
+    names = {p.name for p in write_report(tmp_path / "sweep")}
+    assert {"rewind_accuracy.png", "rewind_overlap.png", "report.md"} <= names
