@@ -7,11 +7,10 @@ the target is parity within the +-10% timing noise of a shared machine (>= 0.9x)
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
-from experiments.benchmarks.common import Row, interleaved, markdown
+from experiments.benchmarks.common import Row, cli, interleaved
 from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.config import TrainConfig
@@ -87,8 +86,4 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
-    print(markdown(run(a.quick, a.device)))
+    cli(run, __doc__)

@@ -4,14 +4,13 @@ Target: <= 15%. Sizes are exact, so this benchmark is not timed."""
 
 from __future__ import annotations
 
-import argparse
 import io
 import tempfile
 from pathlib import Path
 
 import torch
 
-from experiments.benchmarks.common import Row, markdown
+from experiments.benchmarks.common import Row, cli
 from lottery.masks import Mask, baked_state_dict, prune, save_sparse, score
 from lottery.models import build_model
 
@@ -49,8 +48,4 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
-    print(markdown(run(a.quick, a.device)))
+    cli(run, __doc__)

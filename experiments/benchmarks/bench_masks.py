@@ -6,14 +6,13 @@ Baselines, measured in the same run: `torch.nn.utils.prune.global_unstructured` 
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 import torchvision
 from torch.nn.utils import prune as tprune
 
-from experiments.benchmarks.common import Row, interleaved, markdown, sync
+from experiments.benchmarks.common import Row, cli, interleaved, sync
 from lottery.masks import Mask, prune, score
 from lottery.models import build_model, prunable_names
 
@@ -104,8 +103,4 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
-    print(markdown(run(a.quick, a.device)))
+    cli(run, __doc__)

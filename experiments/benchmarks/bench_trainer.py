@@ -4,13 +4,12 @@ measured alternately in one run. Target: the Trainer within 1.3x of the bare loo
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
 import torch
 import torch.nn.functional as F
 
-from experiments.benchmarks.common import Row, interleaved, markdown
+from experiments.benchmarks.common import Row, cli, interleaved
 from lottery.build import load_data, make_model
 from lottery.config import TrainConfig
 from lottery.trainer import Trainer
@@ -51,8 +50,4 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args()
-    print(markdown(run(a.quick, a.device)))
+    cli(run, __doc__)

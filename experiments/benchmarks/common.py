@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -71,3 +72,12 @@ def markdown(rows: list[Row]) -> str:
             f"{r.ratio:.2f}x | {r.target} | {'yes' if r.met else 'NO'} | {r.device} |"
         )
     return "\n".join(lines)
+
+
+def cli(run: Callable[[bool, str], list[Row]], doc: str | None) -> None:
+    """`python -m experiments.benchmarks.bench_X [--quick] [--device D]`: print one module's rows."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args()
+    print(markdown(run(a.quick, a.device)))
