@@ -12,10 +12,10 @@ from torch import nn
 from lottery import layout
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import Splits, load_dataset
+from lottery.device import resolve_device
 from lottery.masks import Mask, load_sparse
 from lottery.models import build_model
 from lottery.storage import load_checkpoint, read_json
-from lottery.trainer import resolve_device
 
 
 def load_data(cfg: TrainConfig, download: bool = False) -> Splits:

@@ -180,6 +180,24 @@ def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def add_batch_args(p: argparse.ArgumentParser, what: str) -> None:
+    """--seeds and --batched: several seeds side by side, trained as one stacked model."""
+    g = p.add_argument_group("many runs at once")
+    g.add_argument(
+        "--seeds",
+        type=parse_ints,
+        default=None,
+        help=f"one {what} per seed (init and data-order seed, replacing --init-seed/--data-seed) "
+        "in OUT/seed_<s>/, run side by side, e.g. 0,1,2",
+    )
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="train runs that share architecture and settings as one stacked model: "
+        "one step for all, results equal to separate runs to float tolerance",
+    )
+
+
 def _fast_path(args: argparse.Namespace) -> dict:
     """CUDA fast-path switches, kept in `extra` only when they differ from the defaults."""
     out: dict = {}

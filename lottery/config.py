@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,3 +125,9 @@ class TrainConfig:
 
 # Fields that do not change the numbers a run produces (where and how often it reports or saves).
 NON_RESULT_FIELDS = ("device", "eval_every", "checkpoint_every", "save_at", "data_root", "compile")
+
+
+def check_seeds(seeds: Sequence[int]) -> None:
+    """Seeds of runs side by side: at least one, all distinct (each names its own folder)."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct and at least one, got {list(seeds)}")

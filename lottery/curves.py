@@ -21,12 +21,12 @@ from torch import nn
 
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
+from lottery.copies import evaluate
 from lottery.data import Splits
 from lottery.masks import Mask, baked_state_dict, load_sparse, prune, save_sparse, score
 from lottery.models import output_layer_name
 from lottery.rewind import train_dense
 from lottery.storage import load_checkpoint, read_json, write_json
-from lottery.trainer import evaluate
 
 SPARSITIES = tuple(round(0.05 * i, 2) for i in range(20))  # 0%, 5%, ..., 95%
 

@@ -537,7 +537,7 @@ class BatchStream:
         self._epoch: int | None = None
         self._perm: torch.Tensor | None = None
 
-    def _permutation(self, epoch: int) -> torch.Tensor:
+    def permutation(self, epoch: int) -> torch.Tensor:
         """Epoch's example order, computed on the CPU and cached on x's device until the epoch changes."""
         if epoch != self._epoch:
             g = _generator(self.data_seed, "epoch", epoch)
@@ -553,7 +553,7 @@ class BatchStream:
         local = self.batch_size // self.world_size
         lo = self.rank * local
         start = within * self.batch_size + lo
-        idx = self._permutation(epoch)[start : start + local]
+        idx = self.permutation(epoch)[start : start + local]
         x, y = self.x.index_select(0, idx), self.y.index_select(0, idx)
         if self.augment:
             params = _draw_augmentation(

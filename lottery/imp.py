@@ -21,14 +21,15 @@ import torch
 from tqdm.auto import tqdm
 
 from lottery import distributed
-from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
-from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.data import Splits
+from lottery.device import resolve_device
+from lottery.engine import train_runs
 from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
 from lottery.models import output_layer_name, prunable_names
+from lottery.run import RunSpec, StartState, TrainResult
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
-from lottery.trainer import StartState, TrainResult, resolve_device
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
 CONTROLS = ("random-reinit", "random-prune")
@@ -112,8 +113,7 @@ def run_imp_seeds(
     The searches advance round by round together, so with `imp.batched` a round's tickets and
     controls of every seed train as one batched model.
     """
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    check_seeds(seeds)
     cfgs = [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
     summaries = _search(cfgs, imp, [Path(out) / f"seed_{s}" for s in seeds], progress)
     return dict(zip(seeds, summaries, strict=True))

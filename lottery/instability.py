@@ -19,12 +19,14 @@ from torch import nn
 
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.copies import evaluate
 from lottery.data import Splits
 from lottery.masks import Mask
 from lottery.models import has_batchnorm
 from lottery.rewind import checkpoint_at, train_dense
+from lottery.run import StartState
 from lottery.storage import load_checkpoint, read_json, write_json
-from lottery.trainer import StartState, Trainer, evaluate
+from lottery.trainer import Trainer
 
 MIN_POINTS = 11
 # BatchNorm statistics along the path are re-estimated on this many training examples.

@@ -1,6 +1,6 @@
 """Gradual pruning during training: a schedule's target sparsity reached through the mask engine.
 
-`GradualPruner` implements the Trainer's `Pruner` protocol. At each update step it scores the
+`GradualPruner` implements the engine's `Pruner` protocol (`lottery.run`). At each update step it scores the
 current weights and extends the mask to exactly the schedule's target (the same `score` + `prune`
 that IMP uses, so schedule comparisons differ only by the schedule). Its records of
 (step, target, reached sparsity) travel inside checkpoints and are mirrored to a JSON-lines file.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+import torch
 
 from lottery import distributed
 from lottery.config import ConfigError, TrainConfig
@@ -70,12 +70,10 @@ class GradualPruner:
         """The schedule's target sparsity after `step` optimizer steps."""
         return self.schedule.at_step(step, self.total_steps, self.steps_per_epoch)
 
-    def update(self, step: int, model: nn.Module, mask: Mask) -> Mask:
-        """Score the current weights and extend `mask` to exactly the target sparsity."""
+    def update(self, step: int, weights: dict[str, torch.Tensor], mask: Mask) -> Mask:
+        """Score the run's current weights and extend `mask` to exactly the target sparsity."""
         target = self.target(step)
-        params = dict(model.named_parameters())
-        weights = {n: params[n].detach() for n in mask.names()}
-        scores = score(weights, self.criterion, seed=self.seed + step)
+        scores = score({n: weights[n] for n in mask.names()}, self.criterion, seed=self.seed + step)
         new = prune(
             mask,
             scores,

@@ -18,8 +18,9 @@ from lottery.data import Splits
 from lottery.imp import IMPConfig, run_imp
 from lottery.masks import Mask
 from lottery.overlap import pairwise, round_dirs
+from lottery.run import TrainResult
 from lottery.storage import write_json
-from lottery.trainer import Trainer, TrainResult
+from lottery.trainer import Trainer
 
 
 def checkpoint_at(run: Path, step: int) -> Path:

@@ -18,7 +18,8 @@ from lottery.instability import error_barrier, error_curve, instability
 from lottery.masks import Mask, MaskError, load_sparse, save_sparse
 from lottery.overlap import compare_masks, expected_jaccard, pairwise
 from lottery.report import write_report
-from lottery.trainer import StartState, Trainer
+from lottery.run import StartState
+from lottery.trainer import Trainer
 from tests.conftest import tiny
 
 

@@ -7,15 +7,17 @@ import json
 import pytest
 import torch
 
-from lottery.batched import BatchedTrainer, PreparedRun, RunSpec, cohort_key, train_runs
 from lottery.build import load_data, make_model
 from lottery.cli import main
 from lottery.config import TrainConfig
+from lottery.copies import StackedCopies
+from lottery.engine import Hooks, begin, cohort_key, train_runs
 from lottery.imp import IMPConfig, run_imp_seeds
 from lottery.masks import Mask
 from lottery.optim import build_optimizer
+from lottery.run import Run, RunSpec, StartState
 from lottery.storage import load_checkpoint
-from lottery.trainer import StartState, Trainer
+from lottery.trainer import Trainer
 from tests.conftest import tiny
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -152,21 +154,24 @@ def test_interrupted_batched_run_resumes_bitwise(tmp_path):
         assert [r["step"] for r in lines] == [0, 10, 20, 30, 40]
 
 
+def prepared(cfg: TrainConfig, data, run_dir, start: StartState | None = None):
+    """A run opened by the engine at its start state: (its single copy, the step it stands at)."""
+    run = Run(RunSpec(cfg, run_dir, make_model(cfg, data)), data, torch.device(cfg.device))
+    return begin(run, start, data, Hooks())
+
+
 @pytest.mark.parametrize("seeds", [(0, 1, 2), (5, 7, 5), (3, 3, 3)])
 def test_each_copy_gets_its_own_data_order(tmp_path, seeds):
     cfg = tiny(steps=10)
     data = load_data(cfg)
-    members = []
-    for i, seed in enumerate(seeds):
-        c = cfg.replace(data_seed=seed)
-        t = Trainer(c, data, make_model(c, data), tmp_path / str(i), progress=False)
-        members.append(PreparedRun(i, t, *t._prepare(None)))
-    batched = BatchedTrainer(members, progress=False)
-    per_epoch = members[0].trainer.stream.steps_per_epoch
+    singles = [prepared(cfg.replace(data_seed=s), data, tmp_path / str(i))[0]
+               for i, s in enumerate(seeds)]  # fmt: skip
+    batched = StackedCopies(singles, 0)
+    per_epoch = singles[0].runs[0].stream.steps_per_epoch
     for step in (0, 1, per_epoch - 1, per_epoch, 3 * per_epoch + 2):
-        x, y = batched._batch(step)
-        for i, m in enumerate(members):
-            xi, yi = m.trainer.stream.batch(step)
+        x, y = batched.batch(step)
+        for i, single in enumerate(singles):
+            xi, yi = single.runs[0].stream.batch(step)
             shared = len(set(seeds)) == 1
             assert torch.equal(x if shared else x[i], xi) and torch.equal(y if shared else y[i], yi)
 
@@ -179,13 +184,10 @@ def test_cohorts_follow_optimizer_step_and_settings(tmp_path):
     theta_5 = StartState.from_checkpoint(tmp_path / "src" / "checkpoints" / "step_0000005.pt")
     keys = []
     for name, start in (("a", theta_5), ("b", theta_5), ("c", StartState(theta_5.model, None, 5))):
-        t = Trainer(cfg, data, make_model(cfg, data), tmp_path / name, progress=False)
-        step, _, _ = t._prepare(start)
-        keys.append(cohort_key(t, step))
+        keys.append(cohort_key(*prepared(cfg, data, tmp_path / name, start)))
     assert keys[0] == keys[1] != keys[2]  # step-5 Adam moments vs a fresh Adam at step 5
     other = cfg.replace(lr=0.02)
-    t = Trainer(other, data, make_model(other, data), tmp_path / "d", progress=False)
-    assert cohort_key(t, t._prepare(theta_5)[0]) != keys[0]
+    assert cohort_key(*prepared(other, data, tmp_path / "d", theta_5)) != keys[0]
 
 
 def test_sgd_copies_with_and_without_momentum_share_a_cohort(tmp_path):
@@ -202,8 +204,7 @@ def test_sgd_copies_with_and_without_momentum_share_a_cohort(tmp_path):
 
     train_runs(runs(tmp_path / "a"), data, batched=False, progress=False)
     probe = runs(tmp_path / "probe")
-    trainers = [Trainer(s.cfg, data, s.model, s.run_dir, progress=False) for s in probe]
-    keys = {cohort_key(t, t._prepare(s.start)[0]) for t, s in zip(trainers, probe, strict=True)}
+    keys = {cohort_key(*prepared(s.cfg, data, s.run_dir, s.start)) for s in probe}
     assert len(keys) == 1
     train_runs(runs(tmp_path / "b"), data, batched=True, progress=False)
     for i in range(2):

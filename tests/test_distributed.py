@@ -22,9 +22,10 @@ from lottery import distributed
 from lottery.build import load_data, make_model
 from lottery.cli import main as cli_main
 from lottery.config import ConfigError, TrainConfig
+from lottery.copies import evaluate
 from lottery.masks import Mask, prune, score
 from lottery.storage import CheckpointError, load_checkpoint
-from lottery.trainer import Trainer, evaluate
+from lottery.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -39,9 +40,8 @@ class MagnitudeAt:
 
     update_steps: set[int] = field(default_factory=lambda: {10})
 
-    def update(self, step: int, model: torch.nn.Module, mask: Mask) -> Mask:
-        params = dict(model.named_parameters())
-        return prune(mask, score({n: params[n].detach() for n in mask.names()}), fraction=0.3)
+    def update(self, step: int, weights: dict[str, torch.Tensor], mask: Mask) -> Mask:
+        return prune(mask, score({n: weights[n] for n in mask.names()}), fraction=0.3)
 
     def state_dict(self) -> dict:
         return {}

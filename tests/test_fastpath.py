@@ -8,13 +8,15 @@ import argparse
 import pytest
 import torch
 
-from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.cli import add_train_args, config_from_args, main
 from lottery.config import ConfigError
+from lottery.device import compiled, memory_format
+from lottery.engine import train_runs
 from lottery.masks import Mask, prune, score
+from lottery.run import RunSpec
 from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer, compiled, memory_format
+from lottery.trainer import Trainer
 from tests.conftest import tiny
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from lottery import trainer as trainer_mod
+from lottery import engine
 from lottery.cli import main
 from lottery.config import ConfigError
+from lottery.engine import Hooks
 from lottery.imp import IMPConfig, run_imp
 from lottery.masks import Mask, load_sparse
 from lottery.storage import load_checkpoint
@@ -107,7 +108,7 @@ def test_killed_search_resumes_to_the_same_masks_and_extends(tmp_path, monkeypat
     run_imp(cfg, settings, tmp_path / "whole", progress=False)
 
     calls = {"n": 0}
-    real_init = trainer_mod.Trainer.__init__
+    real_init = engine.Engine.__init__
 
     class Killed(Exception):
         pass
@@ -119,12 +120,12 @@ def test_killed_search_resumes_to_the_same_masks_and_extends(tmp_path, monkeypat
 
     def patched(self, *a, **kw):
         real_init(self, *a, **kw)
-        self.on_step = bomb
+        self.hooks = Hooks(**{**self.hooks.__dict__, "after_step": [bomb]})
 
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", patched)
+    monkeypatch.setattr(engine.Engine, "__init__", patched)
     with pytest.raises(Killed):
         run_imp(cfg, settings, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", real_init)
+    monkeypatch.setattr(engine.Engine, "__init__", real_init)
     run_imp(cfg, settings, tmp_path / "killed", progress=False)
     for a, b in zip(masks_of(tmp_path / "whole", 2), masks_of(tmp_path / "killed", 2), strict=True):
         assert a.equal(b)

@@ -15,8 +15,9 @@ from lottery import storage
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.optim import lr_factor
+from lottery.run import StartState
 from lottery.storage import CheckpointError, load_checkpoint
-from lottery.trainer import StartState, Trainer
+from lottery.trainer import Trainer
 from tests.conftest import tiny
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"

@@ -22,8 +22,8 @@ import torch
 import experiments.benchmarks as package
 from experiments.benchmarks.common import Row, markdown
 from lottery.config import ConfigError
+from lottery.device import resolve_device
 from lottery.storage import write_bytes_atomic
-from lottery.trainer import resolve_device
 
 PREFIX = "bench_"
 

@@ -11,11 +11,12 @@ import tempfile
 from pathlib import Path
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.config import TrainConfig
 from lottery.data import DatasetNotFoundError, Splits
+from lottery.engine import train_runs
 from lottery.masks import Mask, random_mask_like
+from lottery.run import RunSpec
 
 K = 8
 DENSITY_ROUNDS = 7  # 0.8^7 ~ 21% of weights left, a typical IMP ticket

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import add_train_args, config_from_args, parse_ints, parse_scales
+from lottery.cli import add_batch_args, add_train_args, config_from_args, parse_scales
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
 
@@ -78,20 +78,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--keep-checkpoints", action="store_true", help="keep every round's full final checkpoint"
     )
-    g = p.add_argument_group("many tickets at once")
-    g.add_argument(
-        "--seeds",
-        type=parse_ints,
-        default=None,
-        help="one search per seed (init and data-order seed, replacing --init-seed/--data-seed) "
-        "in OUT/seed_<s>/, rounds run side by side, e.g. 0,1,2",
-    )
-    g.add_argument(
-        "--batched",
-        action="store_true",
-        help="train each round's ticket and controls (of every seed) as one stacked model: "
-        "one step for all, results equal to separate runs to float tolerance",
-    )
+    add_batch_args(p, "search")
     p.set_defaults(func=run)
 
 

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery import distributed
-from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args, parse_scales
+from lottery import layout
+from lottery.build import load_data
+from lottery.cli import add_batch_args, add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
-from lottery.config import ConfigError
-from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
-from lottery.pruner import GradualPruner, run_length
+from lottery.config import ConfigError, check_seeds
+from lottery.gradual import GradualRun, PruningSettings, train_gradual
+from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask
+from lottery.pruner import run_length
 from lottery.schedules import SCHEDULES
-from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer
+from lottery.storage import read_jsonl
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="per-tensor multipliers of the target, e.g. classifier.4.weight=0.5 (0: unpruned)",
     )
     g.add_argument("--prune-seed", type=int, default=0, help="seed of random scoring")
+    add_batch_args(p, "run")
     p.set_defaults(func=run)
 
 
@@ -67,32 +68,38 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     (schedule,) = schedules_from_args([args.schedule], args)
     data = load_data(cfg, download=args.download)
-    total, per_epoch = run_length(cfg, data)
-    out = Path(args.out)
-    pruner = GradualPruner(
-        schedule,
-        total,
-        every=parse_every(args.update_every, per_epoch),
-        steps_per_epoch=per_epoch,
+    settings = PruningSettings(
+        every=parse_every(args.update_every, run_length(cfg, data)[1]),
         scope=args.scope,
         granularity=args.granularity,
         criterion=args.criterion,
         rate_scale=args.rate_scale,
         seed=args.prune_seed,
-        log_path=out / "pruning.jsonl",
     )
-    cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
-    model = make_model(cfg, data)
-    trainer = Trainer(cfg, data, model, out, pruner=pruner, progress=not args.no_progress)
-    result = trainer.fit()  # refuses a folder that holds a run with other settings
-    final = load_checkpoint(out / "checkpoints" / "final.pt")
-    mask = Mask(final["mask"])
-    if distributed.is_main():
-        mask.save(out / "mask.npz")
-        save_sparse(final["model"], mask, out / "weights.npz")
-    print(
-        f"{schedule.name}: sparsity {mask.sparsity():.4f} (target {schedule.final_sparsity}), "
-        f"test accuracy {result.test_accuracy:.4f}, {len(pruner.update_steps)} mask updates; "
-        f"mask {out / 'mask.npz'}, log {out / 'pruning.jsonl'}"
+    if args.seeds is not None:
+        check_seeds(args.seeds)
+    seeds = args.seeds or [None]
+    runs = [
+        GradualRun(cfg, schedule, Path(args.out))
+        if s is None
+        else GradualRun(cfg.replace(init_seed=s, data_seed=s), schedule, layout.seed_dir(args.out, s),
+                        record={"label": f"seed {s}"})
+        for s in seeds
+    ]  # fmt: skip
+    results = train_gradual(
+        runs, settings, data, batched=args.batched, progress=not args.no_progress
     )
+    for run, result in zip(runs, results, strict=True):
+        mask = Mask.load(run.out / layout.MASK)
+        print(
+            f"{schedule.name}: sparsity {100 * mask.sparsity():.2f}% "
+            f"(target {100 * schedule.final_sparsity:.2f}%), "
+            f"test accuracy {100 * result.test_accuracy:.2f}%, "
+            f"{len(pruned_steps(run.out))} mask updates; mask {run.out / layout.MASK}, "
+            f"log {run.out / layout.PRUNING_LOG}"
+        )
     return 0
+
+
+def pruned_steps(run_dir: Path) -> list[int]:
+    return [r["step"] for r in read_jsonl(run_dir / layout.PRUNING_LOG)]

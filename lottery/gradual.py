@@ -1,0 +1,124 @@
+"""Gradual-pruning runs: train while a schedule grows the sparsity, one run or many batched.
+
+A gradual run's folder is a training run's (`lottery.run`) plus pruning.jsonl (every mask update)
+and, once finished, mask.npz and weights.npz (the final mask and sparse weights). Runs that share
+architecture and optimizer settings train as one stacked model with `batched=True`, each with its
+own schedule, seeds and pruner, so a schedule comparison is one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lottery import distributed, layout
+from lottery.build import make_model
+from lottery.config import ConfigError, TrainConfig
+from lottery.data import Splits
+from lottery.engine import Hooks, train_runs
+from lottery.masks import Mask, save_sparse
+from lottery.models import prunable_names
+from lottery.pruner import GradualPruner, run_length
+from lottery.run import RunSpec, TrainResult
+from lottery.schedules import Schedule
+from lottery.storage import load_checkpoint
+
+
+@dataclass
+class PruningSettings:
+    """How the mask grows: update every N steps, scope, granularity, criterion, per-tensor
+    multipliers of the target (0 leaves a tensor dense), seed of random scores."""
+
+    every: int = 100
+    scope: str = "layer"
+    granularity: str = "weight"
+    criterion: str = "magnitude"
+    rate_scale: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every != "epoch" and (not isinstance(self.every, int) or self.every < 1):
+            raise ConfigError(
+                f"--update-every must be a step count >= 1 or 'epoch', not {self.every!r}"
+            )
+
+    def steps(self, steps_per_epoch: int) -> int:
+        return steps_per_epoch if self.every == "epoch" else int(self.every)
+
+
+@dataclass
+class GradualRun:
+    """One run to train under `schedule` in folder `out` (model: the configured one if None)."""
+
+    cfg: TrainConfig
+    schedule: Schedule
+    out: Path
+    model: nn.Module | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> RunSpec:
+    """The engine's run for a gradual run: its pruner, and the pruning settings in its config."""
+    model = run.model if run.model is not None else make_model(run.cfg, data)
+    unknown = sorted(set(settings.rate_scale) - set(prunable_names(model)))
+    if unknown:
+        raise ConfigError(
+            f"--rate-scale names {unknown[0]!r}, which is not a prunable tensor of "
+            f"{run.cfg.model}; prunable: {', '.join(prunable_names(model))}"
+        )
+    final = run.schedule.final_sparsity
+    bad = {n: v for n, v in settings.rate_scale.items() if not 0 <= v * final <= 1}
+    if bad:
+        raise ConfigError(
+            f"--rate-scale {bad} would take a tensor past 100% sparsity (final sparsity {final})"
+        )
+    total, per_epoch = run_length(run.cfg, data)
+    pruner = GradualPruner(
+        run.schedule,
+        total,
+        every=settings.every,
+        steps_per_epoch=per_epoch,
+        scope=settings.scope,
+        granularity=settings.granularity,
+        criterion=settings.criterion,
+        rate_scale=settings.rate_scale,
+        seed=settings.seed,
+        log_path=Path(run.out) / layout.PRUNING_LOG,
+    )
+    cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": pruner.settings()})
+    return RunSpec(cfg, Path(run.out), model, record=run.record, pruner=pruner)
+
+
+def train_gradual(
+    runs: Sequence[GradualRun],
+    settings: PruningSettings,
+    data: Splits,
+    *,
+    batched: bool = False,
+    progress: bool = True,
+    hooks: Hooks | None = None,
+) -> list[TrainResult]:
+    """Train (or resume, or read back) gradual runs; each finished one gets mask.npz and weights.npz."""
+    specs = [pruned_spec(r, settings, data) for r in runs]  # every run validated before any write
+    results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
+    if distributed.is_main():
+        for spec in specs:
+            final_mask(spec.run_dir)
+    distributed.barrier("waiting for rank 0 to write the final masks")
+    return results
+
+
+def final_mask(run_dir: Path) -> Mask:
+    """A finished gradual run's final mask, written with its sparse weights on first call."""
+    path = run_dir / layout.MASK
+    if path.exists() and (run_dir / layout.WEIGHTS).exists():
+        return Mask.load(path)
+    final = load_checkpoint(layout.checkpoint_dir(run_dir) / layout.FINAL)
+    mask = Mask(final["mask"])
+    mask.save(path)
+    save_sparse(final["model"], mask, run_dir / layout.WEIGHTS)
+    return mask
