@@ -172,26 +172,32 @@ def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
     tiny_wheel(whl)
     (whl / "PYTHON").write_text(PYTHON + "\n")
     out = tmp_path / "out"
-    proc = dev(
-        packed,
-        "gpu",
-        "--rehearse-on-cpu",
-        "--quick",
-        "--bench-only",
-        "disk",
-        "--out",
-        str(out),
-        "tests/test_probe.py",
-        LOTTERY_GPU_PYTHON=sys.executable,
-    )
-    shutil.rmtree(whl)
+    sha = head(packed)
+    # as on a device machine, which receives the files but not the git history
+    (packed / ".git").rename(packed / ".git-away")
+    try:
+        proc = dev(
+            packed,
+            "gpu",
+            "--rehearse-on-cpu",
+            "--quick",
+            "--bench-only",
+            "disk",
+            "--out",
+            str(out),
+            "tests/test_probe.py",
+            LOTTERY_GPU_PYTHON=sys.executable,
+        )
+    finally:
+        (packed / ".git-away").rename(packed / ".git")
+        shutil.rmtree(whl)
     # the planted failure makes the run fail, yet the benchmarks still run and everything is written
     assert proc.returncode == 1, proc.stderr
     expected = {"summary.md", "environment.txt", "install.log", "pytest.log", "junit.xml"}
     expected |= {"bench.md", "bench.log"}
     assert {p.name for p in out.iterdir()} == expected  # the device returns at most 8 files
     env = (out / "environment.txt").read_text().splitlines()
-    assert f"commit: {head(packed)}" in env
+    assert f"commit: {sha} (as recorded by ./dev gpu-pack)" in env
     assert f"fashion-mnist: LOTTERY_DATA={packed / '.data'}" in env
     assert "carried wheels: 1 installed from .whl/" in env
     assert f"torch: {torch.__version__}" in "\n".join(env)
@@ -203,7 +209,7 @@ def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
     row += f"{base / 1e6:.4g} MB |"
     assert row in (out / "bench.md").read_text()
     summary = (out / "summary.md").read_text()
-    assert "mode: CPU rehearsal" in summary and f"commit: {head(packed)}" in summary
+    assert "mode: CPU rehearsal" in summary and f"commit: {sha}" in summary
     assert "## Tests (LOTTERY_REQUIRE_CUDA=0): exit status 1" in summary
     assert "FAILED tests/test_probe.py::test_planted_failure" in summary
     assert "1 failed, 1 passed" in summary
