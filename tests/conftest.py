@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from lottery.config import TrainConfig
 
 torch.set_num_threads(2)
+
+# CUDA-only tests skip with a reason containing this; `./dev gpu` sets LOTTERY_REQUIRE_CUDA=1 so that
+# on a GPU machine such a skip is a failure rather than a silent pass.
+CUDA_SKIP_REASON = "needs a CUDA"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under LOTTERY_REQUIRE_CUDA=1, turn the skip of a CUDA-only test into a failure."""
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("LOTTERY_REQUIRE_CUDA") != "1" or not report.skipped:
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if CUDA_SKIP_REASON.lower() in reason.lower() and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"LOTTERY_REQUIRE_CUDA=1 but this CUDA test would skip ({reason})"
 
 
 def tiny(**changes) -> TrainConfig:

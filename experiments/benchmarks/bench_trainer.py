@@ -25,7 +25,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
             Trainer(cfg, data, make_model(cfg, data), d, progress=False).fit()
 
     def bare() -> None:
-        model = make_model(cfg, data)
+        model = make_model(cfg, data).to(data.train_x.device)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         perm = torch.randperm(len(data.train_x), generator=torch.Generator().manual_seed(0))
         perm = perm.to(data.train_x.device)

@@ -10,6 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from lottery.config import ConfigError
+from lottery.trainer import resolve_device
+
 
 @dataclass
 class Row:
@@ -78,6 +81,10 @@ def cli(run: Callable[[bool, str], list[Row]], doc: str | None) -> None:
     """`python -m experiments.benchmarks.bench_X [--quick] [--device D]`: print one module's rows."""
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     a = ap.parse_args()
-    print(markdown(run(a.quick, a.device)))
+    try:
+        device = resolve_device(a.device).type
+    except ConfigError as e:
+        ap.error(str(e))
+    print(markdown(run(a.quick, device)))
