@@ -70,13 +70,13 @@ class Offset(nn.Module):
 
 
 class SparseLinear(nn.Module):
-    """A linear layer whose weight is a torch.sparse CSR matrix (CPU sparse-dense matmul)."""
+    """A linear layer whose weight is a torch.sparse CSR matrix with int32 indices."""
 
     def __init__(self, in_features: int, out_features: int, nnz: int, bias: bool) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("crow", torch.zeros(out_features + 1, dtype=torch.int64))
-        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int64))
+        self.register_buffer("crow", torch.zeros(out_features + 1, dtype=torch.int32))
+        self.register_buffer("col", torch.zeros(nnz, dtype=torch.int32))
         self.register_buffer("values", torch.zeros(nnz))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
         self.rebuild()
@@ -87,7 +87,7 @@ class SparseLinear(nn.Module):
         out = cls(
             layer.in_features, layer.out_features, csr.values().numel(), layer.bias is not None
         )
-        out.crow, out.col = csr.crow_indices().clone(), csr.col_indices().clone()
+        out.crow, out.col = csr.crow_indices().int(), csr.col_indices().int()
         out.values = csr.values().clone()
         if layer.bias is not None:
             out.bias = nn.Parameter(layer.bias.detach().clone())
@@ -176,6 +176,12 @@ def _layer_from_spec(spec: dict) -> nn.Module:
     if spec.get("type") not in _LAYERS:
         raise ExportError(f"unknown layer type {spec.get('type')!r} in an export file")
     return _LAYERS[spec["type"]][0](**spec["args"])
+
+
+def stored_numbers(module: nn.Module) -> int:
+    """Numbers a network computes with: its parameters plus the values of its CSR weights."""
+    count = sum(p.numel() for p in module.parameters())
+    return count + sum(m.values.numel() for m in module.modules() if isinstance(m, SparseLinear))
 
 
 def _leaves(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
