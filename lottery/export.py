@@ -261,8 +261,9 @@ def export_compact(model: nn.Module, mask: Mask | None, arch: Architecture) -> E
     """A smaller dense chain without the pruned filters, channels and their BatchNorm entries.
 
     A unit goes when all its weights are pruned (it then emits a constant, whose exact effect on
-    the next layer is folded into that layer's bias, or into an `Offset` map for a padded conv)
-    or when the next layer reads none of it. Outputs equal the masked network's (eval mode).
+    the next layer is folded into that layer's bias, or into an `Offset` map where zero padding
+    makes it vary or the layer has no bias) or when the next layer reads none of it. Parameters
+    are exactly the kept weights, biases and BatchNorm entries; outputs equal the masked net's.
     """
     net = _masked_copy(model, mask).eval()
     chain = _chain(net)
@@ -388,15 +389,16 @@ def _removed_units(
     chain: list[tuple[str, nn.Module]], weighted: list[int], keep: dict[str, torch.Tensor]
 ) -> dict[int, torch.Tensor]:
     """Per weight layer, which output units go: all their weights pruned, or unread by the next."""
-    removed = {}
-    for j, i in enumerate(weighted):
-        name, layer = chain[i]
-        k = keep.get(name, torch.ones_like(layer.weight, dtype=torch.bool))
-        if not bool(k.any()):
+    for name, _ in (chain[i] for i in weighted):
+        if name in keep and not bool(keep[name].any()):
             raise ExportError(
                 f"every weight of {name} is pruned, so the network's output no longer depends on "
                 "its input; refusing to compact a fully pruned layer"
             )
+    removed = {}
+    for j, i in enumerate(weighted):
+        name, layer = chain[i]
+        k = keep.get(name, torch.ones_like(layer.weight, dtype=torch.bool))
         gone = ~k.flatten(1).any(1)
         if j + 1 == len(weighted):
             removed[i] = torch.zeros_like(gone)  # the logits all stay
@@ -435,24 +437,22 @@ def _shrink(
     if isinstance(layer, nn.Conv2d):
         new: nn.Module = nn.Conv2d(
             w.shape[1], w.shape[0], layer.kernel_size, layer.stride, layer.padding,
-            layer.dilation, bias=bias is not None or contribution is not None,
+            layer.dilation, bias=bias is not None,
         )  # fmt: skip
     else:
-        new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None or contribution is not None)
+        new = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)
     new = new.to(w.device, w.dtype)
     new.weight.copy_(w)
+    if bias is not None:
+        new.bias.copy_(bias)
     offset = None
-    if new.bias is not None:
-        new.bias.copy_(bias if bias is not None else torch.zeros_like(new.bias))
     if contribution is not None and bool(contribution.any()):
         flat = contribution.flatten(1) if contribution.dim() > 1 else contribution[:, None]
-        if bool((flat == flat[:, :1]).all()):
-            new.bias.add_(flat[:, 0])
-        else:
+        if bias is not None and bool((flat == flat[:, :1]).all()):
+            new.bias.add_(flat[:, 0])  # a uniform contribution is a bias
+        else:  # padded borders (or no bias to fold into): add the exact map
             offset = Offset(list(contribution.shape)).to(w.device)
             offset.value.copy_(contribution)
-    if new.bias is not None and bias is None and offset is None and not bool(new.bias.any()):
-        new.bias = None
     return new, offset
 
 
