@@ -24,6 +24,8 @@ COMMANDS = (
     "instability",
     "curve",
     "report",
+    "export",
+    "speed",
 )
 
 # Per-model training defaults from the papers, used where the user gives no flag.

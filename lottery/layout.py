@@ -35,6 +35,8 @@ DENSE = "dense"
 INSTABILITY = "instability.json"
 INSTABILITY_SETTINGS = "settings.json"
 CURVE = "curve.json"
+SPEED = "speed.json"  # `lottery speed`: inference timings per export route
+SPEED_FIGURE = "speed_vs_sparsity"  # its figure (extension from --format)
 
 _ROUND = re.compile(r"round_(\d+)")
 _SEED = re.compile(r"seed_(-?\d+)")
