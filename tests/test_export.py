@@ -12,6 +12,7 @@ from torch import nn
 
 from lottery import data
 from lottery.cli import main
+from lottery.copies import evaluate
 from lottery.data import load_dataset
 from lottery.export import (
     Architecture,
@@ -24,7 +25,6 @@ from lottery.export import (
 )
 from lottery.masks import Mask, prune, score
 from lottery.models import build_model
-from lottery.trainer import evaluate
 
 SHAPE = (1, 28, 28)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from experiments.benchmarks.common import Row, cli
 from lottery.curves import methods, one_shot_mask
+from lottery.device import resolve_device
 from lottery.export import Architecture
 from lottery.speed import measure
-from lottery.trainer import resolve_device
 
 SHAPE = (1, 28, 28)
 

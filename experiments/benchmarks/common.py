@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from lottery.config import ConfigError
-from lottery.trainer import resolve_device
+from lottery.device import resolve_device
 
 
 @dataclass

@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 
 from lottery.build import load_data, load_run
+from lottery.copies import evaluate
+from lottery.device import resolve_device
 from lottery.export import (
     ROUTES,
     Architecture,
@@ -17,7 +19,6 @@ from lottery.export import (
     save_export,
     stored_numbers,
 )
-from lottery.trainer import evaluate, resolve_device
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

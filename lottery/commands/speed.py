@@ -11,11 +11,11 @@ from lottery import layout
 from lottery.build import load_run
 from lottery.cli import parse_ints
 from lottery.commands.export import architecture
+from lottery.device import resolve_device
 from lottery.export import ROUTES, check_semi_structured_device
 from lottery.masks import check_rate
 from lottery.speed import BATCHES, SWEEP_ROUTES, SWEEP_SPARSITIES, figure, measure, sweep, table
 from lottery.storage import write_json
-from lottery.trainer import resolve_device
 
 FORMATS = ("png", "pdf", "svg")
 
