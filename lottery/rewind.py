@@ -16,8 +16,9 @@ from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import Splits
 from lottery.imp import IMPConfig, run_imp
+from lottery.layout import round_dirs
 from lottery.masks import Mask
-from lottery.overlap import pairwise, round_dirs
+from lottery.overlap import pairwise
 from lottery.storage import write_json
 from lottery.trainer import Trainer, TrainResult
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lottery.cli import COMMANDS
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise
@@ -14,7 +15,7 @@ from lottery.overlap import load_masks, matrix, pairwise
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "overlap",
-        help="Jaccard, overlap coefficient and Hamming distance of masks vs chance",
+        help=COMMANDS["overlap"],
         description="Compare masks pairwise, per layer and overall, with the expected Jaccard and "
         "a hypergeometric p-value of independent random masks of the same per-layer densities. "
         "Each path is a mask .npz, a sparse-weights .npz, an IMP round directory, or a run "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lottery import distributed
 from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args, parse_scales
+from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
@@ -20,7 +20,7 @@ from lottery.trainer import Trainer
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune",
-        help="gradual pruning during training under a schedule (one-shot, AGP, one-cycle, ...)",
+        help=COMMANDS["prune"],
         description="Train one network while its mask is extended to the schedule's target "
         "sparsity at regular steps. Rerunning the same command resumes.",
     )

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lottery.cli import COMMANDS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="write a run's figures and a markdown summary",
+        help=COMMANDS["report"],
         description="Figures for an IMP search (accuracy vs density, schedules, per-layer "
         "density, overlap heatmap), a training run, or the output of rewind-sweep, "
         "instability or curve, plus report.md.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lottery.cli import COMMANDS
 from lottery.config import ConfigError
 from lottery.schedules import SCHEDULES, Schedule, resolve, schedule_params
 
@@ -67,7 +68,7 @@ def schedules_from_args(names: list[str], args: argparse.Namespace) -> list[Sche
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "schedule",
-        help="print or plot pruning schedules (sparsity per step) without training",
+        help=COMMANDS["schedule"],
         description="Print CSV `step,sparsity` for steps 0..N (several names: one column each); "
         f"built-in schedules: {', '.join(SCHEDULES)}; or module:function for your own "
         "f(p, s_i, s_f) of window progress p.",
