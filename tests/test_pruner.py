@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -211,7 +212,11 @@ def test_prune_command_writes_mask_weights_and_log(tmp_path, capsys):
     argv += ["--eval-every", "10", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "one-cycle: sparsity 0.9" in printed and "test accuracy" in printed
+    assert "one-cycle: sparsity 90.00% (target 90.00%" in printed
+    accuracy = float(re.search(r"test accuracy (\d+\.\d\d)%", printed).group(1))
+    assert accuracy == pytest.approx(
+        100 * json.loads((out / "result.json").read_text())["test_accuracy"], abs=0.005
+    )
     cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
     assert cfg.lr_schedule == "one-cycle"
     assert cfg.extra["pruning"]["schedule"]["params"] == {"alpha": 14.0, "beta": 5.0}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery import distributed
+from lottery import distributed, layout
 from lottery.build import load_data, make_model
 from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
@@ -79,20 +79,22 @@ def run(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         rate_scale=args.rate_scale,
         seed=args.prune_seed,
-        log_path=out / "pruning.jsonl",
+        log_path=out / layout.PRUNING_LOG,
     )
     cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
     model = make_model(cfg, data)
     trainer = Trainer(cfg, data, model, out, pruner=pruner, progress=not args.no_progress)
     result = trainer.fit()  # refuses a folder that holds a run with other settings
-    final = load_checkpoint(out / "checkpoints" / "final.pt")
+    final = load_checkpoint(layout.checkpoint_dir(out) / layout.FINAL)
     mask = Mask(final["mask"])
     if distributed.is_main():
-        mask.save(out / "mask.npz")
-        save_sparse(final["model"], mask, out / "weights.npz")
+        mask.save(out / layout.MASK)
+        save_sparse(final["model"], mask, out / layout.WEIGHTS)
     print(
-        f"{schedule.name}: sparsity {mask.sparsity():.4f} (target {schedule.final_sparsity}), "
-        f"test accuracy {result.test_accuracy:.4f}, {len(pruner.update_steps)} mask updates; "
-        f"mask {out / 'mask.npz'}, log {out / 'pruning.jsonl'}"
+        f"{schedule.name}: sparsity {100 * mask.sparsity():.2f}% "
+        f"(target {100 * schedule.final_sparsity:.2f}%; {100 * mask.density():.2f}% of weights "
+        "remaining), "
+        f"test accuracy {100 * result.test_accuracy:.2f}%, {len(pruner.update_steps)} mask "
+        f"updates; mask {out / layout.MASK}, log {out / layout.PRUNING_LOG}"
     )
     return 0
