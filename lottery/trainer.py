@@ -39,6 +39,7 @@ from lottery.storage import (
     write_json,
     write_jsonl,
 )
+from lottery.tracking import TensorBoardTracker, evaluation_scalars
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -211,6 +212,9 @@ class Trainer:
         net = self._data_parallel() if distributed.world_size() > 1 else self.model
         self.forward = compiled(net, cfg)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.tracker = (
+            TensorBoardTracker(run_dir) if cfg.tensorboard and distributed.is_main() else None
+        )
         late = [s for s in cfg.save_at if s > self.total]
         if late:
             raise ConfigError(
@@ -377,6 +381,8 @@ class Trainer:
             save_checkpoint(self._state(self.total, best, tally), self.ckpt_dir / "final.pt")
             write_json(result.to_dict(), result_path)
             last.unlink(missing_ok=True)
+        if self.tracker is not None:
+            self.tracker.close()
         distributed.barrier(f"waiting for rank 0 to write {result_path}")
         return result
 
@@ -502,3 +508,6 @@ class Trainer:
         if distributed.is_main():
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.tracker is not None:
+            density = self.mask.layer_density() if self.mask is not None else None
+            self.tracker.log(step, evaluation_scalars(rec, density))
