@@ -61,6 +61,19 @@ def aggregate(records: pd.DataFrame, keys: list[str], metrics: tuple[str, ...] =
     return pd.DataFrame(rows, columns=[*keys, "metric", *STAT_COLUMNS])
 
 
+def density_rows(table: pd.DataFrame, keys: list[str]) -> list[dict]:
+    """`aggregate` output as rows for `plots.accuracy_vs_density`: each accuracy row gains the
+    mean % remaining of its group and a `network` label built from the keys other than round."""
+    density = table[table["metric"] == "percent_remaining"].set_index(keys)["mean"]
+    label_keys = [k for k in keys if k != "round"]
+    out = []
+    for r in table[table["metric"] != "percent_remaining"].to_dict("records"):
+        group = tuple(r[k] for k in keys)
+        name = " ".join(f"k={r[k]}" if k == "rewind_step" else str(r[k]) for k in label_keys)
+        out.append({**r, "network": name, "percent_remaining": float(density[group])})
+    return out
+
+
 # -- what a member folder contributes -----------------------------------------------------------
 
 

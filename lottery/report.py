@@ -15,7 +15,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lottery import layout, plots, records
-from lottery.aggregate import Aggregate, aggregate, aggregate_folder, members
+from lottery.aggregate import Aggregate, aggregate, aggregate_folder, density_rows, members
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise, round_layer_density, run_sign_agreement
@@ -71,19 +71,6 @@ def _pairs_table(pairs: list[dict]) -> str:
     return _table(["a", "b", "Jaccard", "chance Jaccard", "log10 p", "z"], rows)
 
 
-def stats_rows(table, keys: list[str]) -> list[dict]:
-    """`aggregate` output as rows for `plots.accuracy_vs_density`: each accuracy row gains the
-    mean % remaining of its group and a `network` label built from the keys other than round."""
-    density = table[table["metric"] == "percent_remaining"].set_index(keys)["mean"]
-    label_keys = [k for k in keys if k != "round"]
-    out = []
-    for r in table[table["metric"] != "percent_remaining"].to_dict("records"):
-        group = tuple(r[k] for k in keys)
-        name = " ".join(f"k={r[k]}" if k == "rewind_step" else str(r[k]) for k in label_keys)
-        out.append({**r, "network": name, "percent_remaining": float(density[group])})
-    return out
-
-
 def _training(run: Path) -> list[dict]:
     return records.metric_rows(read_jsonl(run / layout.METRICS))
 
@@ -103,7 +90,7 @@ def imp_section(run: Path) -> Section:
     masks = {label.rsplit("/", 1)[-1]: m for label, m in load_masks(run, all_rounds=True).items()}
     heat, _ = _heatmap(masks, "Overlap of the rounds' masks (Jaccard)")
     figures = {
-        "accuracy_vs_density": plots.accuracy_vs_density(stats_rows(table, ["network", "round"])),
+        "accuracy_vs_density": plots.accuracy_vs_density(density_rows(table, ["network", "round"])),
         "training": plots.training_curves(
             {k: _training(p) for k, p in tickets.items()}, "Tickets during training, by round"
         ),
@@ -166,7 +153,7 @@ def sweep_section(run: Path) -> Section:
     table = aggregate(frame, ["rewind_step", "round"])
     figures = {
         "rewind_accuracy": plots.accuracy_vs_density(
-            stats_rows(table, ["rewind_step", "round"]),
+            density_rows(table, ["rewind_step", "round"]),
             title="IMP with rewinding to step k",
             legend="rewind step",
         )
@@ -289,7 +276,7 @@ def group_section(folder: Path) -> Section:
     figures = {}
     if "round" in keys:
         figures["seeds_accuracy_vs_density"] = plots.accuracy_vs_density(
-            stats_rows(agg.table, keys),
+            density_rows(agg.table, keys),
             title=f"Test accuracy over {n} seeds",
         )
     text = f"## {n} seeds of one {agg.kind} `{folder}` ({', '.join(agg.members)})\n\n"
