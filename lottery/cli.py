@@ -1,32 +1,36 @@
 """The `lottery` command line: one subcommand per capability, sharing one set of training flags.
 
 Each subcommand lives in `lottery.commands.<name>` and provides `add_parser(subparsers)` that
-registers itself and sets `func`; shared flags come from `add_train_args`.
+registers itself and sets `func`; shared flags come from `add_train_args`. Only the subcommand
+being run is imported, so `lottery --help` and `--version` load no torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
+from lottery import __version__
 from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
-from lottery.data import DATASETS
 
-COMMANDS = (
-    "train",
-    "imp",
-    "schedule",
-    "prune",
-    "overlap",
-    "rewind-sweep",
-    "instability",
-    "curve",
-    "report",
-    "export",
-    "speed",
-)
+# Subcommand -> one-line help (the module `lottery.commands.<name>` registers the full parser).
+COMMANDS: dict[str, str] = {
+    "train": "train a network (resumes if --out holds an unfinished run)",
+    "imp": "iterative magnitude pruning: find winning tickets",
+    "schedule": "print or plot pruning schedules (sparsity per step) without training",
+    "prune": "gradual pruning during training under a schedule (one-shot, AGP, one-cycle, ...)",
+    "overlap": "Jaccard, overlap coefficient and Hamming distance of masks vs chance",
+    "rewind-sweep": "compare rewind points: IMP with weight rewinding to each step, side by side",
+    "instability": "linear mode connectivity: error barrier vs the step two copies start from",
+    "curve": "one-shot pruning curves (layer-wise, structured, global, random) and size on disk",
+    "report": "figures, tables (markdown, CSV, JSON) and multi-seed statistics of results",
+    "export": "export a pruned run for inference: compact, sparse (CSR), 2:4 or dense",
+    "speed": "time inference of a pruned run: dense vs compact, sparse and 2:4, and vs sparsity",
+}
 
 # Per-model training defaults from the papers, used where the user gives no flag.
 # LeNet: Adam 1.2e-3, batch 60; Conv-2: Adam 2e-4; Conv-4/6: Adam 3e-4 (Frankle & Carbin 2019).
@@ -78,6 +82,8 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     """Flags shared by every subcommand that trains (same names everywhere)."""
+    from lottery.data import DATASETS  # imported here so `lottery --help` loads no torch
+
     g = p.add_argument_group("data and model")
     g.add_argument(
         "--model",
@@ -180,6 +186,11 @@ def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
         help="run directory (rerunning the same command resumes it)",
     )
     g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard event files to RUN/tensorboard/ (needs lottery[tensorboard])",
+    )
 
 
 def add_batch_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -250,25 +261,63 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device,
         bf16=args.bf16,
         compile=args.compile,
+        tensorboard=args.tensorboard,
         extra=_fast_path(args),
         **tuned,
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default in --help unless it is unset (None, False) or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False
+        if unset or action.default == argparse.SUPPRESS or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and subparsers) whose --help shows defaults."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """`--no-progress` for subcommands that take no training flags (accepted by every command)."""
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; with `commands`, only those subcommands' modules are imported and the
+    others are listed by name and help alone (what `main` does, so start-up stays light)."""
+    parser = Parser(
         prog="lottery",
         description="Find and study lottery tickets: IMP, rewinding, pruning schedules, mask analysis.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(f"lottery.commands.{name.replace('-', '_')}").add_parser(sub)
+    full = set(COMMANDS if commands is None else commands)
+    for name, text in COMMANDS.items():
+        if name in full:
+            importlib.import_module(f"lottery.commands.{name.replace('-', '_')}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason.
+
+    Results go to stdout; progress bars and log messages (the library's `logging`) to stderr.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:

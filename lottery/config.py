@@ -53,6 +53,7 @@ class TrainConfig:
     device: str = "auto"
     bf16: bool = False
     compile: bool = False
+    tensorboard: bool = False  # also write TensorBoard event files (JSONL stays the record)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -124,7 +125,15 @@ class TrainConfig:
 
 
 # Fields that do not change the numbers a run produces (where and how often it reports or saves).
-NON_RESULT_FIELDS = ("device", "eval_every", "checkpoint_every", "save_at", "data_root", "compile")
+NON_RESULT_FIELDS = (
+    "device",
+    "eval_every",
+    "checkpoint_every",
+    "save_at",
+    "data_root",
+    "compile",
+    "tensorboard",
+)
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

@@ -38,9 +38,20 @@ class Mask:
 
     @classmethod
     def ones(cls, model: nn.Module, names: Iterable[str] | None = None) -> Mask:
-        """A mask that keeps everything in `names` (default: the model's prunable tensors)."""
+        """A mask that keeps everything in `names` (default: the model's prunable tensors).
+
+        A model carrying torch.nn.utils.prune hooks (weight_orig + weight_mask) is refused: its
+        prunable weights are not parameters any more, so the mask would silently be empty.
+        """
         from lottery.models import prunable_names
 
+        hooked = [n for n, _ in model.named_buffers() if n.endswith("_mask")]
+        if hooked:
+            raise MaskError(
+                f"model carries torch.nn.utils.prune hooks ({hooked[0]}): take its mask with "
+                "lottery.masks.from_torch_prune(model), or make the pruning permanent with "
+                "torch.nn.utils.prune.remove first"
+            )
         params = dict(model.named_parameters())
         names = list(names) if names is not None else prunable_names(model)
         missing = [n for n in names if n not in params]
@@ -127,6 +138,26 @@ class Mask:
                 for v in optimizer.state.get(p, {}).values():
                     if torch.is_tensor(v) and v.shape == p.shape:
                         v.mul_(t.to(v.device, v.dtype))
+
+    def keep_(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer
+    ) -> torch.utils.hooks.RemovableHandle:
+        """Keep pruned weights at zero in your own training loop: `mask.keep_(model, optimizer)`
+        applies the mask now and again after every `optimizer.step()` (a step post-hook, one fused
+        multiply), so momentum, Adam moments and weight decay cannot revive pruned weights.
+        Returns the hook's handle (`.remove()` stops it)."""
+        self.apply_(model, optimizer)
+        params = dict(model.named_parameters())
+        kept = [params[n] for n in self.names()]
+        factors = [
+            t.to(p.device, p.dtype) for t, p in zip(self.tensors.values(), kept, strict=True)
+        ]
+
+        def reapply(*_: object) -> None:
+            with torch.no_grad():
+                torch._foreach_mul_(kept, factors)
+
+        return optimizer.register_step_post_hook(reapply)
 
     def save(self, path: str | Path) -> None:
         """Bit-packed (1 bit per weight) .npz with names and shapes; written atomically."""

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
-import torchvision
 from torch import nn
 
 Shape = tuple[int, int, int]
@@ -210,11 +209,15 @@ def _vgg19(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
 
 def _torchvision_names() -> list[str]:
     """Names of torchvision's classification models (its top-level model module)."""
+    import torchvision  # ~1.3 s to import: only when a torchvision model is asked for
+
     return torchvision.models.list_models(module=torchvision.models)
 
 
 def _torchvision_model(name: str, input_shape: Shape, num_classes: int) -> nn.Module:
     """A randomly initialized torchvision classifier whose stem reads `input_shape[0]` channels."""
+    import torchvision
+
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     if input_shape[0] != 3:
         _replace_first_conv(model, input_shape[0])

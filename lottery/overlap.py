@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import optimize, signal, special, stats
 
+from lottery import layout
 from lottery.masks import Mask, MaskError, load_sparse
 from lottery.storage import load_checkpoint
 
@@ -83,6 +82,8 @@ def _support(n: int, k1: int, k2: int) -> np.ndarray:
 
 def expected_jaccard(n: int, k1: int, k2: int) -> float:
     """Exact E[X / (k1 + k2 - X)] for X ~ hypergeometric(n, k1, k2): random masks' mean Jaccard."""
+    from scipy import stats  # scipy loads only when a chance baseline is computed
+
     _check_counts(n, k1, k2)
     if k1 == k2 == 0:
         return 1.0
@@ -101,6 +102,8 @@ def _tilted(layers: list[tuple[int, int, int]], theta: float) -> tuple[int, np.n
     Each layer's pmf p(x) becomes p(x) e^{theta x} / M(theta), is truncated where negligible, and
     the layers are convolved; log M(theta) is the sum of the layers' log normalisers.
     """
+    from scipy import signal, special, stats
+
     offset, pmf, log_m = 0, np.ones(1), 0.0
     for n, k1, k2 in layers:
         x = _support(n, k1, k2)
@@ -116,6 +119,8 @@ def _tilted(layers: list[tuple[int, int, int]], theta: float) -> tuple[int, np.n
 
 
 def _tilted_mean(layers: list[tuple[int, int, int]], theta: float) -> float:
+    from scipy import special, stats
+
     total = 0.0
     for n, k1, k2 in layers:
         x = _support(n, k1, k2)
@@ -131,6 +136,8 @@ def log_sf_sum(layers: list[tuple[int, int, int]], observed: int) -> float:
     above it, it tilts every layer so the tilted sum has mean `observed` and undoes the tilt in
     log space (P(S >= s) = M(θ) Σ_{x>=s} q(x) e^{-θx}), so p-values like 1e-900 are not lost.
     """
+    from scipy import optimize, special, stats
+
     for layer in layers:
         _check_counts(*layer)
     lo = sum(max(0, k1 + k2 - n) for n, k1, k2 in layers)
@@ -173,6 +180,8 @@ def _chance(layers: list[tuple[int, int, int]], intersection: int) -> tuple[floa
     One layer uses scipy's hypergeometric directly; several use the exact sum distribution.
     """
     if len(layers) == 1:
+        from scipy import stats
+
         n, k1, k2 = layers[0]
         log_p = float(stats.hypergeom.logsf(intersection - 1, n, k1, k2))
         return expected_jaccard(n, k1, k2), min(0.0, log_p)
@@ -277,16 +286,6 @@ def sign_agreement(
 # ---------------------------------------------------------------------------------------------
 # Reading masks from files and run directories.
 
-_ROUND = re.compile(r"round_(\d+)")
-
-
-def round_dirs(run: Path) -> list[Path]:
-    """An IMP run's round directories that hold a mask, in round order."""
-    found = [
-        p for p in run.glob("round_*") if _ROUND.fullmatch(p.name) and (p / "mask.npz").exists()
-    ]
-    return sorted(found, key=lambda p: int(_ROUND.fullmatch(p.name).group(1)))
-
 
 def load_mask(path: str | Path) -> Mask:
     """A mask from a mask .npz, a sparse-weights .npz, an IMP round dir, or a run dir (last mask)."""
@@ -306,15 +305,15 @@ def load_masks(path: str | Path, all_rounds: bool = False) -> dict[str, Mask]:
         return {label: _mask_file(path)}
     if not path.is_dir():
         raise MaskError(f"{path} does not exist")
-    if (path / "mask.npz").exists():
-        return {label: Mask.load(path / "mask.npz")}
-    rounds = round_dirs(path)
+    if (path / layout.MASK).exists():
+        return {label: Mask.load(path / layout.MASK)}
+    rounds = layout.round_dirs(path)
     if rounds:
         chosen = rounds if all_rounds else rounds[-1:]
-        return {f"{label}/{r.name}": Mask.load(r / "mask.npz") for r in chosen}
-    if (path / "weights.npz").exists():
-        return {label: _mask_file(path / "weights.npz")}
-    final = path / "checkpoints" / "final.pt"
+        return {f"{label}/{r.name}": Mask.load(r / layout.MASK) for r in chosen}
+    if (path / layout.WEIGHTS).exists():
+        return {label: _mask_file(path / layout.WEIGHTS)}
+    final = layout.checkpoint_dir(path) / layout.FINAL
     if final.exists() and load_checkpoint(final).get("mask") is not None:
         return {label: Mask(load_checkpoint(final)["mask"])}
     raise MaskError(
@@ -336,17 +335,16 @@ def _mask_file(path: Path) -> Mask:
 
 def round_layer_density(run: Path) -> dict[str, dict[str, float]]:
     """Per-layer density of every round of an IMP run (from its masks), by round label."""
-    return {r.name: Mask.load(r / "mask.npz").layer_density() for r in round_dirs(run)}
+    return {r.name: Mask.load(r / layout.MASK).layer_density() for r in layout.round_dirs(run)}
 
 
 def run_sign_agreement(run: Path) -> dict[str, dict]:
     """Sign agreement between θ0 and each round's final weights on that round's survivors."""
-    theta0 = run / "round_00" / "ticket" / "checkpoints" / f"step_{0:07d}.pt"
-    initial = load_checkpoint(theta0)["model"]
+    initial = load_checkpoint(layout.step_checkpoint(layout.ticket_dir(run, 0), 0))["model"]
     out = {}
-    for r in round_dirs(run):
-        weights = r / "ticket" / "weights.npz"
+    for r in layout.round_dirs(run):
+        weights = r / layout.TICKET / layout.WEIGHTS
         if weights.exists():
             final, _ = load_sparse(weights)
-            out[r.name] = sign_agreement(initial, final, Mask.load(r / "mask.npz"))
+            out[r.name] = sign_agreement(initial, final, Mask.load(r / layout.MASK))
     return out

@@ -16,8 +16,9 @@ from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import Splits
 from lottery.imp import IMPConfig, run_imp
+from lottery.layout import rewind_dir, round_dirs
 from lottery.masks import Mask
-from lottery.overlap import pairwise, round_dirs
+from lottery.overlap import pairwise
 from lottery.run import TrainResult
 from lottery.storage import write_json
 from lottery.trainer import Trainer
@@ -47,10 +48,6 @@ def train_dense(
         record={"label": "dense", "round": 0},
     )  # fmt: skip
     return trainer.fit()
-
-
-def rewind_dir(out: Path, step: int) -> Path:
-    return out / f"rewind_{step:07d}"
 
 
 def rewind_sweep(

@@ -33,6 +33,7 @@ from lottery.storage import (
     write_json,
     write_jsonl,
 )
+from lottery.tracking import TensorBoardTracker, evaluation_scalars
 
 
 class Pruner(Protocol):
@@ -174,6 +175,8 @@ class Run:
         self.fingerprint = self.cfg.fingerprint(*NON_RESULT_FIELDS)
         self.best, self.tally = Best(), Tally()
         self.metrics = self.dir / layout.METRICS
+        track = self.cfg.tensorboard and distributed.is_main()
+        self.tracker = TensorBoardTracker(self.dir) if track else None
         self.last = layout.checkpoint_dir(self.dir) / layout.LAST
 
     # -- records -------------------------------------------------------------------------------
@@ -269,6 +272,9 @@ class Run:
         if distributed.is_main():
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.tracker is not None:
+            density = self.mask.layer_density() if self.mask is not None else None
+            self.tracker.log(step, evaluation_scalars(rec, density))
         return rec
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -321,5 +327,7 @@ class Run:
             save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
             write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
+        if self.tracker is not None:
+            self.tracker.close()
         distributed.barrier(f"waiting for rank 0 to write {self.dir / layout.RESULT}")
         return result

@@ -42,7 +42,7 @@ def test_instability_command_and_training_run_report(tmp_path, capsys):
     assert (out / "report" / "barrier_vs_step.png").read_bytes().startswith(PNG)
     # the dense run it trained is a training run with its own report
     written = write_report(out / "dense", tmp_path / "dense_report")
-    assert [p.name for p in written] == ["schedules.png", "report.md"]
+    assert [p.name for p in written] == ["training.png", "schedules.png", "report.md"]
     assert (
         main(["instability", *TINY, "--start-steps", "0", "--seeds", "1", "--out", str(out)]) == 2
     )

@@ -6,15 +6,15 @@ import argparse
 from pathlib import Path
 
 from lottery.build import load_data
-from lottery.cli import _floats, add_train_args, config_from_args
+from lottery.cli import COMMANDS, _floats, add_train_args, config_from_args
 from lottery.curves import SPARSITIES, methods, run_curve
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "curve",
-        help="one-shot pruning curves (layer-wise, structured, global, random) and size on disk",
-        description="Prune a trained model once to sparsities 0%%, 5%%, ..., 95%% with each "
+        help=COMMANDS["curve"],
+        description="Prune a trained model once to sparsities 0%, 5%, ..., 95% with each "
         "method, evaluate without retraining, and measure bytes of the dense state dict, its "
         "gzip and the sparse export. The model is --from RUN_DIR or a dense run trained here.",
     )

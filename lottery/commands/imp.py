@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import add_batch_args, add_train_args, config_from_args, parse_scales
+from lottery.cli import COMMANDS, add_batch_args, add_train_args, config_from_args, parse_scales
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
 
@@ -56,7 +56,7 @@ def pruning_settings(args: argparse.Namespace) -> dict:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "imp",
-        help="iterative magnitude pruning: find winning tickets",
+        help=COMMANDS["imp"],
         description="Train, prune the smallest weights, reset the survivors, retrain; repeat. "
         "Rerunning the same command resumes; a larger --rounds extends a finished search.",
     )

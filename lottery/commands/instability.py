@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.build import load_data
-from lottery.cli import add_train_args, config_from_args, parse_ints
+from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.config import ConfigError, TrainConfig
 from lottery.instability import MIN_POINTS, instability_sweep
 from lottery.overlap import load_mask
@@ -16,7 +16,7 @@ from lottery.storage import read_json
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "instability",
-        help="linear mode connectivity: error barrier vs the step two copies start from",
+        help=COMMANDS["instability"],
         description="From the state at each step k (of a dense run trained here, or of --dense), "
         "train two copies with different data orders and evaluate test error on the straight "
         "line between them; the barrier is the max error on the path minus the endpoints' mean "

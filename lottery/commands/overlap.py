@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from lottery.cli import COMMANDS, add_progress_flag
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise
@@ -14,7 +15,7 @@ from lottery.overlap import load_masks, matrix, pairwise
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "overlap",
-        help="Jaccard, overlap coefficient and Hamming distance of masks vs chance",
+        help=COMMANDS["overlap"],
         description="Compare masks pairwise, per layer and overall, with the expected Jaccard and "
         "a hypergeometric p-value of independent random masks of the same per-layer densities. "
         "Each path is a mask .npz, a sparse-weights .npz, an IMP round directory, or a run "
@@ -25,7 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--all-rounds", action="store_true", help="take every round of IMP run directories"
     )
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
-    p.add_argument("--heatmap", type=Path, default=None, help="draw the Jaccard matrix into a PNG")
+    p.add_argument(
+        "--heatmap",
+        type=Path,
+        default=None,
+        help="draw the Jaccard matrix with its chance level into this image (.png, .pdf or .svg)",
+    )
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
@@ -43,11 +50,14 @@ def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
 def run(args: argparse.Namespace) -> int:
     from lottery import plots  # seaborn loads only when a figure is drawn
 
+    if args.heatmap is not None and args.heatmap.suffix not in (".png", ".pdf", ".svg"):
+        raise ConfigError(f"--heatmap {args.heatmap}: give a .png, .pdf or .svg file name")
     masks = collect(args.paths, args.all_rounds)
     pairs = pairwise(masks)
     if args.heatmap is not None:
         labels = list(masks)
-        plots.overlap_heatmap(labels, matrix(labels, pairs), args.heatmap)
+        chance = matrix(labels, pairs, "expected_jaccard")
+        plots.save(plots.overlap_heatmap(labels, matrix(labels, pairs), chance), args.heatmap)
     if args.json:
         print(json.dumps({"masks": list(masks), "pairs": pairs}, indent=2))
         return 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lottery import layout
 from lottery.build import load_data
-from lottery.cli import add_batch_args, add_train_args, config_from_args, parse_scales
+from lottery.cli import COMMANDS, add_batch_args, add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError, check_seeds
 from lottery.gradual import GradualRun, PruningSettings, train_gradual
@@ -20,7 +20,7 @@ from lottery.storage import read_jsonl
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune",
-        help="gradual pruning during training under a schedule (one-shot, AGP, one-cycle, ...)",
+        help=COMMANDS["prune"],
         description="Train one network while its mask is extended to the schedule's target "
         "sparsity at regular steps. Rerunning the same command resumes.",
     )
@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         mask = Mask.load(run.out / layout.MASK)
         print(
             f"{schedule.name}: sparsity {100 * mask.sparsity():.2f}% "
-            f"(target {100 * schedule.final_sparsity:.2f}%), "
+            f"(target {100 * schedule.final_sparsity:.2f}%; {100 * mask.density():.2f}% of weights "
+            "remaining), "
             f"test accuracy {100 * result.test_accuracy:.2f}%, "
             f"{len(pruned_steps(run.out))} mask updates; mask {run.out / layout.MASK}, "
             f"log {run.out / layout.PRUNING_LOG}"

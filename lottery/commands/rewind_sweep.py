@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lottery.build import load_data
-from lottery.cli import add_train_args, config_from_args, parse_ints
+from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.commands.imp import add_pruning_args, pruning_settings
 from lottery.imp import IMPConfig
 from lottery.rewind import rewind_sweep
@@ -14,7 +14,7 @@ from lottery.rewind import rewind_sweep
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rewind-sweep",
-        help="compare rewind points: IMP with weight rewinding to each step, side by side",
+        help=COMMANDS["rewind-sweep"],
         description="Train one dense run with checkpoints at the rewind steps, then run IMP with "
         "rewinding to each of them (same init, data order and pruning). Writes "
         "rewind_sweep.json and a report (accuracy vs weights remaining per rewind point, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lottery.cli import COMMANDS, add_progress_flag
 from lottery.config import ConfigError
 from lottery.schedules import SCHEDULES, Schedule, resolve, schedule_params
 
@@ -67,38 +68,27 @@ def schedules_from_args(names: list[str], args: argparse.Namespace) -> list[Sche
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "schedule",
-        help="print or plot pruning schedules (sparsity per step) without training",
+        help=COMMANDS["schedule"],
         description="Print CSV `step,sparsity` for steps 0..N (several names: one column each); "
         f"built-in schedules: {', '.join(SCHEDULES)}; or module:function for your own "
         "f(p, s_i, s_f) of window progress p.",
     )
     p.add_argument("names", nargs="+", metavar="NAME", help="schedule name(s)")
     p.add_argument("--steps", type=int, default=100, help="N: steps in the run (default 100)")
-    p.add_argument("--plot", type=Path, default=None, help="also draw the curves into this image")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="also draw the curves (in %%, as steps) into this image (.png, .pdf or .svg)",
+    )
+    add_progress_flag(p)
     add_schedule_args(p, ("fraction", "step"))
     p.set_defaults(func=run)
 
 
-def plot_schedules(curves: dict[str, list[float]], path: Path) -> None:
-    """Overlay sparsity-vs-step curves in one PNG (an Agg canvas, no pyplot state)."""
-    import seaborn as sns
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(6.4, 4.0), layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.subplots()
-        for label, values in curves.items():
-            ax.plot(range(len(values)), values, label=label)
-        ax.set_xlabel("step")
-        ax.set_ylabel("target sparsity")
-        ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-
-
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None and args.plot.suffix not in (".png", ".pdf", ".svg"):
+        raise ConfigError(f"--plot {args.plot}: give a .png, .pdf or .svg file name")
     if args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     if len(set(args.names)) != len(args.names):
@@ -110,5 +100,7 @@ def run(args: argparse.Namespace) -> int:
     for step in range(args.steps + 1):
         print(f"{step}," + ",".join(f"{c[step]:.6f}" for c in curves.values()))
     if args.plot is not None:
-        plot_schedules(curves, args.plot)
+        from lottery import plots  # matplotlib loads only when a figure is drawn
+
+        plots.save(plots.schedule_curves(curves), args.plot)
     return 0

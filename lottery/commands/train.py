@@ -6,7 +6,7 @@ import argparse
 import json
 
 from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args
+from lottery.cli import COMMANDS, add_train_args, config_from_args
 from lottery.masks import Mask
 from lottery.trainer import Trainer
 
@@ -14,7 +14,7 @@ from lottery.trainer import Trainer
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a network (resumes if --out holds an unfinished run)",
+        help=COMMANDS["train"],
         description="Train one network. Rerunning the same command resumes from the last checkpoint.",
     )
     add_train_args(p, "checkpoints/train")

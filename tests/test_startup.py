@@ -1,0 +1,63 @@
+"""Start-up stays light: `lottery --help`/`--version` load no torch, a training command no
+torchvision/scipy/plotting; every subcommand takes --no-progress and shows defaults in --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import lottery
+from lottery.cli import COMMANDS, build_parser
+
+HEAVY = ("torch", "torchvision", "scipy", "matplotlib", "seaborn", "pandas")
+
+
+def loaded_after(code: str) -> list[str]:
+    """The heavy modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys; print('LOADED', *(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1].split()[1:]
+
+
+def test_help_and_version_import_no_torch():
+    run = "from lottery.cli import main\ntry:\n    main([{}])\nexcept SystemExit:\n    pass"
+    assert loaded_after(run.format("'--help'")) == []
+    assert loaded_after(run.format("'--version'")) == []
+    out = subprocess.run([sys.executable, "-m", "lottery", "--version"], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    assert out.stdout.strip() == f"lottery {lottery.__version__}"
+
+
+@pytest.mark.parametrize("command", ["train", "imp", "prune", "rewind-sweep"])
+def test_training_commands_import_no_torchvision_scipy_or_plotting(command):
+    code = (
+        "from lottery.cli import build_parser\n"
+        f"build_parser([{command!r}])\n"
+        "from lottery.build import make_model, load_data\n"
+        "from lottery.config import TrainConfig\n"
+        "cfg = TrainConfig(model='lenet_300_100', dataset='synthetic', device='cpu')\n"
+        "make_model(cfg, load_data(cfg))"
+    )
+    assert loaded_after(code) == ["torch"]
+
+
+def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
+    parser = build_parser()
+    positional = {
+        "schedule": ["agp", "--final-sparsity", "0.9"],
+        "overlap": ["a", "b"],
+        "report": ["d"],
+        "prune": ["--final-sparsity", "0.9"],
+        "rewind-sweep": ["--rewind-steps", "0"],
+        "instability": ["--start-steps", "0"],
+    }
+    for name in COMMANDS:
+        args = parser.parse_args([name, *positional.get(name, []), "--no-progress"])
+        assert args.no_progress is True, name
+    sub = next(a for a in parser._actions if a.dest == "command")
+    imp_help = sub.choices["imp"].format_help()
+    assert "(default: 5)" in imp_help and "(default: checkpoints/imp)" in imp_help
+    curve_help = sub.choices["curve"].format_help()
+    assert "95%" in curve_help and "%%" not in curve_help
