@@ -9,10 +9,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
+
+import torch
 
 from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
 from lottery.data import DATASETS
+from lottery.distributed import DistributedError
+from lottery.runfolder import FolderInUseError
+from lottery.storage import CheckpointError
 
 COMMANDS = (
     "train",
@@ -235,8 +242,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+class Parser(argparse.ArgumentParser):
+    """Argument errors as one line `lottery CMD: error: ...` (exit 2), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lottery",
         description="Find and study lottery tickets: IMP, rewinding, pruning schedules, mask analysis.",
     )
@@ -246,14 +260,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Exit statuses: 2 for what the user can fix (input, paths, a busy folder), 3 for running out of
+# memory, 1 for an internal error (a bug), with its traceback.
+USER_ERRORS = (ConfigError, ValueError, CheckpointError, FolderInUseError, DistributedError)
+EXIT_USER, EXIT_MEMORY, EXIT_BUG = 2, 3, 1
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message as one line; OS errors name their path first."""
+    if isinstance(e, OSError) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"
+        return f"{text} ({e.filename2})" if e.filename2 else text
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason."""
     args = build_parser().parse_args(argv)
+    prog = f"lottery {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"lottery {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except (*USER_ERRORS, OSError) as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USER
+    except (torch.cuda.OutOfMemoryError, MemoryError) as e:
+        print(
+            f"{prog}: error: out of memory ({_one_line(e).split('.')[0]}); try a smaller "
+            "--batch-size, fewer runs per batch (no --batched, fewer --seeds) or a larger device",
+            file=sys.stderr,
+        )
+        return EXIT_MEMORY
+    except Exception as e:
+        traceback.print_exc()
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} -- a bug in lottery, "
+            "not in your input; please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from lottery import distributed
-from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.config import ConfigError, TrainConfig
 from lottery.data import BatchStream, Splits
 from lottery.masks import Mask
 from lottery.models import has_batchnorm
 from lottery.optim import build_optimizer, build_scheduler
+from lottery.runfolder import check_identity, run_identity
 from lottery.storage import (
     CheckpointError,
     load_checkpoint,
@@ -205,6 +206,7 @@ class Trainer:
         self.mask = mask.to(self.device) if mask is not None else None
         if self.mask is not None:
             self.mask.check_fits(self.model)
+        self.identity = run_identity(cfg, mask)  # run folder: settings and the mask's content
         self.pruner, self.on_step = pruner, on_step
         self.progress = progress and distributed.is_main()
         self.record = record or {}
@@ -280,12 +282,7 @@ class Trainer:
     def _write_config(self) -> None:
         path = self.run_dir / "config.json"
         if path.exists():
-            old = read_json(path).get("fingerprint")
-            if old != self.fingerprint:
-                raise ConfigError(
-                    f"{self.run_dir} already holds a run with another configuration "
-                    f"(fingerprint {old} vs {self.fingerprint}); use a new --out directory"
-                )
+            check_identity(self.run_dir, self.identity)  # run folder: names what differs
             return
         if not distributed.is_main():
             return
@@ -299,6 +296,7 @@ class Trainer:
                 "device": str(self.device),
                 "world_size": distributed.world_size(),
                 "fingerprint": self.fingerprint,
+                "mask_digest": self.identity.mask_digest,
                 **self.record,
                 **provenance(),
             },
@@ -307,7 +305,7 @@ class Trainer:
 
     @property
     def fingerprint(self) -> str:
-        return self.cfg.fingerprint(*NON_RESULT_FIELDS)
+        return self.identity.fingerprint
 
     # -- training ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise
+from lottery.runfolder import check_writable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,6 +44,8 @@ def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
 def run(args: argparse.Namespace) -> int:
     from lottery import plots  # seaborn loads only when a figure is drawn
 
+    if args.heatmap is not None:
+        check_writable(args.heatmap, "--heatmap", folder=False)
     masks = collect(args.paths, args.all_rounds)
     pairs = pairwise(masks)
     if args.heatmap is not None:

@@ -7,11 +7,13 @@ from pathlib import Path
 
 from lottery import distributed
 from lottery.build import load_data, make_model
+from lottery.checks import check_rate_scale
 from lottery.cli import add_train_args, config_from_args, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length
+from lottery.runfolder import check_identity, check_writable, hold
 from lottery.schedules import SCHEDULES
 from lottery.storage import load_checkpoint
 from lottery.trainer import Trainer
@@ -66,6 +68,7 @@ def parse_every(text: str, steps_per_epoch: int) -> int:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     (schedule,) = schedules_from_args([args.schedule], args)
+    check_writable(args.out, "--out")
     data = load_data(cfg, download=args.download)
     total, per_epoch = run_length(cfg, data)
     out = Path(args.out)
@@ -83,13 +86,17 @@ def run(args: argparse.Namespace) -> int:
     )
     cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
     model = make_model(cfg, data)
+    top = max(schedule.initial_sparsity, schedule.final_sparsity)
+    check_rate_scale(args.rate_scale, model, top)
     trainer = Trainer(cfg, data, model, out, pruner=pruner, progress=not args.no_progress)
-    result = trainer.fit()  # refuses a folder that holds a run with other settings
-    final = load_checkpoint(out / "checkpoints" / "final.pt")
-    mask = Mask(final["mask"])
-    if distributed.is_main():
-        mask.save(out / "mask.npz")
-        save_sparse(final["model"], mask, out / "weights.npz")
+    check_identity(out, trainer.identity)  # a folder holding another run: refused, unchanged
+    with hold(out):
+        result = trainer.fit()
+        final = load_checkpoint(out / "checkpoints" / "final.pt")
+        mask = Mask(final["mask"])
+        if distributed.is_main():
+            mask.save(out / "mask.npz")
+            save_sparse(final["model"], mask, out / "weights.npz")
     print(
         f"{schedule.name}: sparsity {mask.sparsity():.4f} (target {schedule.final_sparsity}), "
         f"test accuracy {result.test_accuracy:.4f}, {len(pruner.update_steps)} mask updates; "
