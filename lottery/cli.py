@@ -276,7 +276,10 @@ def _one_line(e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line argument error (2)
+        return e.code if isinstance(e.code, int) else EXIT_USER
     prog = f"lottery {args.command}"
     try:
         return int(args.func(args) or 0)

@@ -238,7 +238,8 @@ def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         try:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
         except Exception as e:  # garbage, truncated or empty files fail in many ways
-            reason = "empty file" if isinstance(e, EOFError) else f"{type(e).__name__}: {e}"
+            empty = path.stat().st_size == 0
+            reason = "empty file" if empty else f"{type(e).__name__}: {e}"
             raise CifarBatchError(
                 f"{path}: not a readable CIFAR-10 python batch ({reason}); "
                 "delete it and download the dataset again"
