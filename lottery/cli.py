@@ -11,8 +11,10 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from lottery import __version__
 from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
@@ -279,11 +281,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser (and subparsers) whose --help shows defaults."""
+    """An ArgumentParser (and subparsers) whose --help shows defaults and whose argument errors
+    are one line `lottery CMD: error: ...` (exit 2), pointing at --help."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
@@ -309,6 +315,35 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     return parser
 
 
+# Exit statuses: 2 for what the user can fix (input, paths, a busy folder), 3 for running out of
+# memory, 1 for an internal error (a bug), with its traceback.
+EXIT_USER, EXIT_MEMORY, EXIT_BUG = 2, 3, 1
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad input (imported late: `lottery --help` loads no torch)."""
+    from lottery.distributed import DistributedError
+    from lottery.runfolder import FolderInUseError
+    from lottery.storage import CheckpointError
+
+    return (ConfigError, ValueError, CheckpointError, FolderInUseError, DistributedError, OSError)
+
+
+def out_of_memory(e: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    return isinstance(e, MemoryError) or (
+        torch is not None and isinstance(e, torch.cuda.OutOfMemoryError)
+    )
+
+
+def _one_line(e: BaseException) -> str:
+    """An exception's message as one line; OS errors name their path first."""
+    if isinstance(e, OSError) and e.filename is not None:
+        text = f"{e.filename}: {e.strerror or e}"
+        return f"{text} ({e.filename2})" if e.filename2 else text
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason.
 
@@ -316,13 +351,32 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    try:
+        args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+    except SystemExit as e:  # --help, --version (0) or a one-line argument error (2)
+        return e.code if isinstance(e.code, int) else EXIT_USER
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    prog = f"lottery {args.command}"
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"lottery {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:
+        if out_of_memory(e):
+            print(
+                f"{prog}: error: out of memory ({_one_line(e).split('.')[0]}); try a smaller "
+                "--batch-size, fewer runs per batch (no --batched, fewer --seeds) or a larger device",
+                file=sys.stderr,
+            )
+            return EXIT_MEMORY
+        if isinstance(e, user_errors()):
+            print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+            return EXIT_USER
+        traceback.print_exc()
+        print(
+            f"{prog}: internal error: {type(e).__name__}: {_one_line(e)} -- a bug in lottery, "
+            "not in your input; please report it with the traceback above",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,13 +75,25 @@ class TrainConfig:
             raise ConfigError(f"device must be auto, cpu or cuda[:N], not {self.device!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and self.epochs <= 0:
-            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise ConfigError(f"--epochs must be a finite number > 0, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"learning rate must be > 0, got {self.lr}")
-        if any(m <= 0 for m in self.milestones):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"--lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:  # also refuses NaN
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ConfigError(
+                f"--weight-decay must be a finite number >= 0, got {self.weight_decay}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"Adam betas must be two numbers in [0, 1), got {self.betas}")
+        if not (math.isfinite(self.gamma) and self.gamma > 0):
+            raise ConfigError(f"--gamma must be a finite number > 0, got {self.gamma}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not all(math.isfinite(m) and m > 0 for m in self.milestones):
             raise ConfigError(f"LR milestones must be > 0, got {self.milestones}")
         if any(s < 0 for s in self.save_at):
             raise ConfigError(f"save-at steps must be >= 0, got {self.save_at}")

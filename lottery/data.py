@@ -228,17 +228,29 @@ def _batch_field(batch: dict, key: str, path: Path) -> object:
     raise ValueError(f"{path}: CIFAR-10 batch has no {key!r} entry")
 
 
+class CifarBatchError(pickle.UnpicklingError, ValueError):
+    """A CIFAR-10 batch file that is garbage, truncated, empty or names a foreign global."""
+
+
 def _read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Images (N, 32, 32, 3) uint8 and labels (N,) int64 of one CIFAR-10 python batch file."""
     with open(path, "rb") as f:
         try:
             batch = _ArrayUnpickler(f, encoding="bytes").load()
-        except (pickle.UnpicklingError, EOFError) as e:
-            raise pickle.UnpicklingError(f"{path}: {e}") from e
+        except Exception as e:  # garbage, truncated or empty files fail in many ways
+            empty = path.stat().st_size == 0
+            reason = "empty file" if empty else f"{type(e).__name__}: {e}"
+            raise CifarBatchError(
+                f"{path}: not a readable CIFAR-10 python batch ({reason}); "
+                "delete it and download the dataset again"
+            ) from e
     if not isinstance(batch, dict):
         raise ValueError(f"{path}: expected a dict, got {type(batch).__name__}")
     data = np.asarray(_batch_field(batch, "data", path))
-    labels = np.asarray(_batch_field(batch, "labels", path), dtype=np.int64)
+    try:
+        labels = np.asarray(_batch_field(batch, "labels", path), dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"{path}: CIFAR-10 labels must be integers ({e})") from e
     if data.dtype != np.uint8 or data.shape[1:] != (3072,) or labels.shape != (len(data),):
         raise ValueError(
             f"{path}: expected uint8 data (N, 3072) and N labels, "

@@ -17,11 +17,11 @@ from torch import nn
 
 from lottery import distributed, layout
 from lottery.build import make_model
-from lottery.config import ConfigError, TrainConfig
+from lottery.checks import check_rate_scale
+from lottery.config import TrainConfig
 from lottery.data import Splits
 from lottery.engine import Hooks, train_runs
 from lottery.masks import Mask, save_sparse
-from lottery.models import prunable_names
 from lottery.pruner import GradualPruner, run_length
 from lottery.run import RunSpec, TrainResult
 from lottery.schedules import Schedule
@@ -40,15 +40,6 @@ class PruningSettings:
     rate_scale: dict[str, float] = field(default_factory=dict)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.every != "epoch" and (not isinstance(self.every, int) or self.every < 1):
-            raise ConfigError(
-                f"--update-every must be a step count >= 1 or 'epoch', not {self.every!r}"
-            )
-
-    def steps(self, steps_per_epoch: int) -> int:
-        return steps_per_epoch if self.every == "epoch" else int(self.every)
-
 
 @dataclass
 class GradualRun:
@@ -64,18 +55,8 @@ class GradualRun:
 def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> RunSpec:
     """The engine's run for a gradual run: its pruner, and the pruning settings in its config."""
     model = run.model if run.model is not None else make_model(run.cfg, data)
-    unknown = sorted(set(settings.rate_scale) - set(prunable_names(model)))
-    if unknown:
-        raise ConfigError(
-            f"--rate-scale names {unknown[0]!r}, which is not a prunable tensor of "
-            f"{run.cfg.model}; prunable: {', '.join(prunable_names(model))}"
-        )
-    final = run.schedule.final_sparsity
-    bad = {n: v for n, v in settings.rate_scale.items() if not 0 <= v * final <= 1}
-    if bad:
-        raise ConfigError(
-            f"--rate-scale {bad} would take a tensor past 100% sparsity (final sparsity {final})"
-        )
+    top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
+    check_rate_scale(settings.rate_scale, model, top)
     total, per_epoch = run_length(run.cfg, data)
     pruner = GradualPruner(
         run.schedule,

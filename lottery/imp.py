@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,13 +23,16 @@ from tqdm.auto import tqdm
 
 from lottery import distributed
 from lottery.build import load_data, make_model
+from lottery.checks import check_rate_scale
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.data import Splits
 from lottery.device import resolve_device
 from lottery.engine import train_runs
 from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
 from lottery.models import output_layer_name, prunable_names
+from lottery.pruner import run_length
 from lottery.run import RunSpec, StartState, TrainResult
+from lottery.runfolder import describe_diff, hold
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
@@ -67,6 +71,15 @@ class IMPConfig:
             check_rate(self.fraction, "prune fraction per round")
         if self.rewind_step < 0:
             raise ConfigError(f"rewind step must be >= 0, got {self.rewind_step}")
+        if self.reset == "init" and self.rewind_step:
+            raise ConfigError(
+                f"--rewind-step {self.rewind_step} needs --reset rewind, lr-rewind or finetune; "
+                "--reset init restarts every round from step 0"
+            )
+        if self.finetune_lr is not None and not (
+            math.isfinite(self.finetune_lr) and self.finetune_lr > 0
+        ):
+            raise ConfigError(f"--finetune-lr must be a finite number > 0, got {self.finetune_lr}")
 
 
 def imp_defaults(model_name: str, model) -> dict[str, Any]:
@@ -100,9 +113,12 @@ def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
 def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = True) -> dict:
     """Run, resume or extend an IMP search in `out`; returns the summary also in summary.json.
 
+    Every setting is checked against the model and data before anything is written, and the
+    search holds `out`'s lock while it runs. summary.json is refreshed after every round. A smaller
+    --rounds than a finished search holds returns its first rounds and rewrites no record.
     Under torchrun every rank runs this; rank 0 writes the files and the others read them.
     """
-    return _search([cfg], imp, [Path(out)], progress)[0]
+    return _search([cfg], imp, [Path(out)], progress, Path(out))[0]
 
 
 def run_imp_seeds(
@@ -115,19 +131,54 @@ def run_imp_seeds(
     """
     check_seeds(seeds)
     cfgs = [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
-    summaries = _search(cfgs, imp, [Path(out) / f"seed_{s}" for s in seeds], progress)
+    summaries = _search(cfgs, imp, [Path(out) / f"seed_{s}" for s in seeds], progress, Path(out))
     return dict(zip(seeds, summaries, strict=True))
 
 
+def validate_search(
+    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], data: Splits, model
+) -> IMPConfig:
+    """Check a search's settings against the model, the data and the folders' records, writing
+    nothing; returns the settings with the model's paper defaults filled in."""
+    imp = _resolved(imp, cfgs[0].model, model)
+    check_rate_scale(imp.rate_scale or {}, model, imp.fraction)
+    total, _ = run_length(cfgs[0], data)
+    if imp.rewind_step > total:
+        raise ConfigError(
+            f"--rewind-step {imp.rewind_step} lies beyond the end of training ({total} steps)"
+        )
+    late = [s for s in cfgs[0].save_at if s > total]
+    if late:
+        raise ConfigError(f"--save-at steps {late} lie beyond the end of training ({total} steps)")
+    for cfg, out in zip(cfgs, outs, strict=True):
+        _check_record(out, cfg, imp)
+    return imp
+
+
 def _search(
-    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], progress: bool
+    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], progress: bool, root: Path
 ) -> list[dict]:
-    """The IMP loop, for one search or several side by side (same data, model and settings)."""
+    """Validate, then hold `root`'s lock while the IMP loop runs for one search or several side by
+    side (same data, model and settings)."""
     distributed.setup(resolve_device(cfgs[0].device))
     data = load_data(cfgs[0])
     model = make_model(cfgs[0], data)
-    imp = _resolved(imp, cfgs[0].model, model)
+    imp = validate_search(cfgs, imp, outs, data, model)
+    with hold(root):
+        return _loop(cfgs, imp, outs, data, model, progress)
+
+
+def _loop(
+    cfgs: list[TrainConfig],
+    imp: IMPConfig,
+    outs: list[Path],
+    data: Splits,
+    model,
+    progress: bool,
+) -> list[dict]:
+    """The IMP rounds; each search's summary.json is refreshed after every round."""
     k = imp.rewind_step if imp.reset != "init" else 0
+    recorded = [_recorded_rounds(out) for out in outs]
     for cfg, out in zip(cfgs, outs, strict=True):
         _write_record(out, cfg, imp)
 
@@ -136,6 +187,7 @@ def _search(
     masks = [Mask.ones(model) for _ in cfgs]
     first = _rounds(0, outs, dense, data, masks, [None] * len(cfgs), imp, progress)
     rounds = [[row] for row in first]
+    _write_summaries(rounds, imp, outs, recorded)
     ckpts = [out / "round_00" / "ticket" / "checkpoints" for out in outs]
     theta_0 = [StartState.from_checkpoint(c / f"step_{0:07d}.pt") for c in ckpts]
     theta_k = [StartState.from_checkpoint(c / f"step_{k:07d}.pt") for c in ckpts]
@@ -151,11 +203,26 @@ def _search(
         rows = _rounds(r, outs, round_cfgs, data, masks, starts, imp, progress)
         for kept, row in zip(rounds, rows, strict=True):
             kept.append(row)
-    summaries = [{"settings": _settings(imp), "rounds": rows} for rows in rounds]
-    if distributed.is_main():
-        for summary, out in zip(summaries, outs, strict=True):
-            write_json(summary, out / "summary.json")
-    return summaries
+        _write_summaries(rounds, imp, outs, recorded)
+    return [{"settings": _settings(imp), "rounds": rows} for rows in rounds]
+
+
+def _recorded_rounds(out: Path) -> int:
+    """How many rounds the search's summary.json lists (0 if it has none yet)."""
+    path = out / "summary.json"
+    return len(read_json(path)["rounds"]) if path.exists() else 0
+
+
+def _write_summaries(
+    rounds: list[list[dict]], imp: IMPConfig, outs: list[Path], recorded: list[int]
+) -> None:
+    """Refresh each summary.json with the rounds done so far, unless it already lists more (a
+    smaller --rounds on a finished search reports its first rounds and leaves the record)."""
+    if not distributed.is_main():
+        return
+    for rows, out, n in zip(rounds, outs, recorded, strict=True):
+        if len(rows) >= n:
+            write_json({"settings": _settings(imp), "rounds": rows}, out / "summary.json")
 
 
 def _rounds(
@@ -323,21 +390,47 @@ def _settings(imp: IMPConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(imp).items() if k not in ("extra",)}
 
 
-def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
-    """imp.json: the search's full configuration; a different search in the same folder is refused."""
-    # --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
-    settings = {k: v for k, v in _settings(imp).items() if k not in ("rounds", "batched")}
-    fingerprint = hashlib.sha256(
+# --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
+_FREE_SETTINGS = ("rounds", "batched")
+
+
+def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
+    settings = {k: v for k, v in _settings(imp).items() if k not in _FREE_SETTINGS}
+    return hashlib.sha256(
         json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), settings], sort_keys=True).encode()
     ).hexdigest()[:16]
+
+
+def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
+    """Refuse a folder whose imp.json records another search, naming the settings that differ."""
     path = out / "imp.json"
-    if path.exists():
-        old = read_json(path)
-        if old.get("fingerprint") != fingerprint:
-            raise ConfigError(
-                f"{out} holds an IMP search with other settings; only --rounds may change "
-                "when resuming. Use a new --out directory."
-            )
+    if not path.exists():
+        return
+    old = read_json(path)
+    if old.get("fingerprint") == _search_fingerprint(cfg, imp):
+        return
+
+    def comparable(train: dict, settings: dict) -> dict:
+        return {
+            "train": {k: v for k, v in train.items() if k not in NON_RESULT_FIELDS},
+            "imp": {k: v for k, v in settings.items() if k not in _FREE_SETTINGS},
+        }
+
+    before = comparable(old.get("train", {}), old.get("imp", {}))
+    after = comparable(cfg.to_dict(), json.loads(json.dumps(_settings(imp))))
+    raise ConfigError(
+        f"{out} holds an IMP search with other settings ({describe_diff(before, after)}); only "
+        "--rounds may change when resuming. Use a new --out directory."
+    )
+
+
+def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
+    """imp.json: the search's full configuration, written when new or when --rounds grows."""
+    _check_record(out, cfg, imp)
+    path = out / "imp.json"
+    if path.exists() and read_json(path)["imp"]["rounds"] >= imp.rounds:
+        return
+    fingerprint = _search_fingerprint(cfg, imp)
     if distributed.is_main():
         write_json(
             {

@@ -7,6 +7,7 @@ counts are exact, results are deterministic and masks are nested.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -158,6 +159,14 @@ class Mask:
                 torch._foreach_mul_(kept, factors)
 
         return optimizer.register_step_post_hook(reapply)
+
+    def digest(self) -> str:
+        """Short hash of the names, shapes and bit-packed content: part of a run's identity."""
+        h = hashlib.sha256()
+        for n, t in self.tensors.items():
+            h.update(json.dumps([n, list(t.shape)]).encode())
+            h.update(_pack(t).tobytes())
+        return h.hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         """Bit-packed (1 bit per weight) .npz with names and shapes; written atomically."""
@@ -530,7 +539,10 @@ def _read_npz(path: str | Path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
     except FileNotFoundError:
         raise MaskError(f"{path} does not exist") from None
     except Exception as e:
-        raise MaskError(f"cannot read {path}: truncated, corrupt or not a {fmt} file ({e})") from e
+        raise MaskError(
+            f"cannot read {path}: truncated, corrupt or not a {fmt} file ({e}). If lottery wrote "
+            f"it, remove the run folder {path.parent} and rerun the command to redo it exactly"
+        ) from e
     if header.get("format") != fmt:
         raise MaskError(f"{path} is not a {fmt} file (format {header.get('format')!r})")
     return header, arrays

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from lottery import distributed, layout
-from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.config import ConfigError, TrainConfig
 from lottery.data import BatchStream, Splits
 from lottery.device import check_fast_path, memory_format
 from lottery.masks import Mask
 from lottery.models import has_batchnorm
+from lottery.runfolder import check_identity, run_identity
 from lottery.storage import (
     CheckpointError,
     load_checkpoint,
@@ -172,7 +173,9 @@ class Run:
             self.mask.check_fits(self.model)
         self.data_description = data.describe()
         self.device = device
-        self.fingerprint = self.cfg.fingerprint(*NON_RESULT_FIELDS)
+        self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content
+        self.fingerprint = self.identity.fingerprint
+        check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
         self.best, self.tally = Best(), Tally()
         self.metrics = self.dir / layout.METRICS
         track = self.cfg.tensorboard and distributed.is_main()
@@ -190,15 +193,10 @@ class Run:
         return TrainResult.from_dict(read_json(self.dir / layout.RESULT))
 
     def write_config(self) -> None:
-        """config.json, once; a folder holding a run with another fingerprint is refused."""
+        """config.json, once; a folder holding another run is refused, naming what differs."""
         path = self.dir / layout.CONFIG
         if path.exists():
-            old = read_json(path).get("fingerprint")
-            if old != self.fingerprint:
-                raise ConfigError(
-                    f"{self.dir} already holds a run with another configuration "
-                    f"(fingerprint {old} vs {self.fingerprint}); use a new --out directory"
-                )
+            check_identity(self.dir, self.identity)
             return
         if not distributed.is_main():
             return
@@ -213,6 +211,7 @@ class Run:
                 "world_size": distributed.world_size(),
                 "threads": torch.get_num_threads(),
                 "fingerprint": self.fingerprint,
+                "mask_digest": self.identity.mask_digest,
                 **self.record,
                 **provenance(),
             },

@@ -16,15 +16,36 @@ CHECKPOINT_FORMAT = "lottery-checkpoint/1"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: truncated, corrupt, foreign or from another run."""
+    """A checkpoint or record that cannot be used: truncated, corrupt, foreign or from another run.
+
+    A user-facing error (the command line reports it in one line, exit status 2), not a bug.
+    """
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    """Write `data` to `path` so that readers see either the old file or the whole new one.
+
+    The file gets the mode a plain `open` would give (0666 less the umask), not mkstemp's 0600,
+    so colleagues sharing an output folder can read the records.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -50,9 +71,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
+        # torch's own text advises loading with weights_only=False, which would run pickled code
         raise CheckpointError(
-            f"cannot read checkpoint {path}: it is truncated, corrupt or not a lottery "
-            f"checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f"cannot read checkpoint {path}: it is truncated, corrupt or not a lottery checkpoint "
+            f"({type(e).__name__}; nothing in it was run). If lottery wrote it, remove its run "
+            "folder and rerun the command to retrain that run exactly"
         ) from e
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")

@@ -8,6 +8,7 @@ from pathlib import Path
 from lottery.build import load_data
 from lottery.cli import COMMANDS, _floats, add_train_args, config_from_args
 from lottery.curves import SPARSITIES, methods, run_curve
+from lottery.runfolder import check_writable, hold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -53,20 +54,23 @@ def run(args: argparse.Namespace) -> int:
     from lottery.report import write_report  # seaborn loads only when a figure is drawn
 
     cfg = config_from_args(args)
+    check_writable(args.out, "--out")
     if args.download:
         load_data(cfg, download=True)
-    result = run_curve(
-        cfg,
-        args.out,
-        source=args.source,
-        names=args.methods,
-        sparsities=tuple(args.sparsities),
-        size_method=args.size_method,
-        seed=args.prune_seed,
-        norm=args.norm,
-        prune_output=args.prune_output,
-        progress=not args.no_progress,
-    )
+    with hold(args.out):
+        result = run_curve(
+            cfg,
+            args.out,
+            source=args.source,
+            names=args.methods,
+            sparsities=tuple(args.sparsities),
+            size_method=args.size_method,
+            seed=args.prune_seed,
+            norm=args.norm,
+            prune_output=args.prune_output,
+            progress=not args.no_progress,
+        )
+        files = write_report(args.out)
     names = list(dict.fromkeys(r["method"] for r in result["curve"]))
     print(f"{'sparsity':>8s}" + "".join(f" {n:>16s}" for n in names) + "   (test accuracy %)")
     by = {(r["method"], r["sparsity"]): r["test_accuracy"] for r in result["curve"]}
@@ -78,6 +82,5 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * z['sparsity']:7.0f}% {z['dense_bytes']:10d} {z['gzip_bytes']:10d} "
             f"{z['sparse_bytes']:10d}"
         )
-    files = write_report(args.out)
     print(f"results: {args.out / 'curve.json'}; report: {files[-1]}")
     return 0

@@ -8,6 +8,7 @@ from lottery.build import load_data
 from lottery.cli import COMMANDS, add_batch_args, add_train_args, config_from_args, parse_scales
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS
+from lottery.runfolder import check_writable
 
 
 def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -84,6 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_writable(args.out, "--out")
     if args.download:
         load_data(cfg, download=True)
     imp = IMPConfig(

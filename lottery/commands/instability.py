@@ -10,6 +10,7 @@ from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.config import ConfigError, TrainConfig
 from lottery.instability import MIN_POINTS, instability_sweep
 from lottery.overlap import load_mask
+from lottery.runfolder import check_writable, hold
 from lottery.storage import read_json
 
 
@@ -64,20 +65,23 @@ def run(args: argparse.Namespace) -> int:
         load_data(cfg, download=True)
     if args.seeds is not None and len(args.seeds) != 2:
         raise ConfigError(f"--seeds takes two data seeds, got {list(args.seeds)}")
-    result = instability_sweep(
-        cfg,
-        list(args.start_steps),
-        args.out,
-        dense=args.dense,
-        mask=load_mask(args.mask) if args.mask is not None else None,
-        seeds=tuple(args.seeds) if args.seeds else None,
-        points=args.points,
-        progress=not args.no_progress,
-    )
+    check_writable(args.out, "--out")
+    mask = load_mask(args.mask) if args.mask is not None else None
+    with hold(args.out):
+        result = instability_sweep(
+            cfg,
+            list(args.start_steps),
+            args.out,
+            dense=args.dense,
+            mask=mask,
+            seeds=tuple(args.seeds) if args.seeds else None,
+            points=args.points,
+            progress=not args.no_progress,
+        )
+        files = write_report(args.out)
     print(f"\n{'step k':>8s} {'barrier %':>10s} {'endpoint errors %':>20s}")
     for r in result["rows"]:
         ends = " / ".join(f"{100 * e:.2f}" for e in r["endpoint_errors"])
         print(f"{r['step']:8d} {100 * r['barrier']:10.2f} {ends:>20s}")
-    files = write_report(args.out)
     print(f"results: {args.out / 'instability.json'}; report: {files[-1]}")
     return 0

@@ -10,6 +10,7 @@ from lottery.cli import COMMANDS, add_progress_flag
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise
+from lottery.runfolder import check_writable
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.heatmap is not None and args.heatmap.suffix not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--heatmap {args.heatmap}: give a .png, .pdf or .svg file name")
+    if args.heatmap is not None:
+        check_writable(args.heatmap, "--heatmap", folder=False)
     masks = collect(args.paths, args.all_rounds)
     pairs = pairwise(masks)
     if args.heatmap is not None:

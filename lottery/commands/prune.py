@@ -13,6 +13,7 @@ from lottery.config import ConfigError, check_seeds
 from lottery.gradual import GradualRun, PruningSettings, train_gradual
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask
 from lottery.pruner import run_length
+from lottery.runfolder import check_writable, hold
 from lottery.schedules import SCHEDULES
 from lottery.storage import read_jsonl
 
@@ -67,6 +68,7 @@ def parse_every(text: str, steps_per_epoch: int) -> int:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     (schedule,) = schedules_from_args([args.schedule], args)
+    check_writable(args.out, "--out")
     data = load_data(cfg, download=args.download)
     settings = PruningSettings(
         every=parse_every(args.update_every, run_length(cfg, data)[1]),
@@ -86,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
                         record={"label": f"seed {s}"})
         for s in seeds
     ]  # fmt: skip
-    results = train_gradual(
-        runs, settings, data, batched=args.batched, progress=not args.no_progress
-    )
+    with hold(args.out):
+        results = train_gradual(
+            runs, settings, data, batched=args.batched, progress=not args.no_progress
+        )
     for run, result in zip(runs, results, strict=True):
         mask = Mask.load(run.out / layout.MASK)
         print(

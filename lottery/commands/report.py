@@ -27,7 +27,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lottery.report import write_report  # seaborn loads only when a figure is drawn
+    from lottery.runfolder import check_writable
 
+    check_writable(args.out or args.run_dir / "report", "--out")
     for path in write_report(args.run_dir, args.out, fmt=args.format):
         print(path)
     return 0

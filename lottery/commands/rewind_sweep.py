@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from lottery.build import load_data
+from lottery import layout
+from lottery.build import load_data, make_model
 from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.commands.imp import add_pruning_args, pruning_settings
-from lottery.imp import IMPConfig
+from lottery.config import TrainConfig
+from lottery.imp import IMPConfig, validate_search
 from lottery.rewind import rewind_sweep
+from lottery.runfolder import check_writable, hold
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,12 +36,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    check_writable(args.out, "--out")
+    imp = IMPConfig(**pruning_settings(args), reset="rewind")
+    data = load_data(cfg, download=args.download)
+    model = make_model(cfg, data)
+    for k in sorted(set(args.rewind_steps)):  # every point's settings, before the dense run
+        point = dataclasses.replace(imp, rewind_step=k)
+        validate_search([cfg], point, [layout.rewind_dir(args.out, k)], data, model)
+    with hold(args.out):
+        return _sweep(cfg, imp, args)
+
+
+def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
     from lottery.report import write_report  # seaborn loads only when a figure is drawn
 
-    cfg = config_from_args(args)
-    if args.download:
-        load_data(cfg, download=True)
-    imp = IMPConfig(**pruning_settings(args), reset="rewind")
     result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, not args.no_progress)
     print(
         f"\n{'round':>5s} {'weights%':>9s}"

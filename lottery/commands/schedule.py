@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lottery.cli import COMMANDS, add_progress_flag
 from lottery.config import ConfigError
+from lottery.runfolder import check_writable
 from lottery.schedules import SCHEDULES, Schedule, resolve, schedule_params
 
 # schedule-specific options: flag dest -> parameter name of the schedule functions
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if len(set(args.names)) != len(args.names):
         raise ConfigError("a schedule is named twice")
     schedules = schedules_from_args(args.names, args)
+    if args.plot is not None:  # before the CSV is printed, so a failure prints nothing
+        check_writable(args.plot, "--plot", folder=False)
     curves = {s.name: s.curve(args.steps) for s in schedules}
     header = "sparsity" if len(curves) == 1 else ",".join(curves)
     print(f"step,{header}")

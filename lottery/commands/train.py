@@ -8,6 +8,7 @@ import json
 from lottery.build import load_data, make_model
 from lottery.cli import COMMANDS, add_train_args, config_from_args
 from lottery.masks import Mask
+from lottery.runfolder import check_writable, hold
 from lottery.trainer import Trainer
 
 
@@ -24,9 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_writable(args.out, "--out")
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)
     mask = Mask.load(args.mask, model) if args.mask else None
-    result = Trainer(cfg, data, model, args.out, mask=mask, progress=not args.no_progress).fit()
+    # the Trainer checks the settings against model and data; nothing is written before `hold`,
+    # and a folder holding another run (other settings or mask) is refused before training
+    trainer = Trainer(cfg, data, model, args.out, mask=mask, progress=not args.no_progress)
+    with hold(args.out):
+        result = trainer.fit()
     print(json.dumps(result.to_dict(), indent=2))
     return 0
