@@ -8,6 +8,7 @@ own schedule, seeds and pruner, so a schedule comparison is one pass.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from lottery.engine import Hooks, train_runs
 from lottery.masks import Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length
 from lottery.run import RunSpec, TrainResult
+from lottery.runfolder import hold
 from lottery.schedules import Schedule
 from lottery.storage import load_checkpoint
 
@@ -82,14 +84,20 @@ def train_gradual(
     batched: bool = False,
     progress: bool = True,
     hooks: Hooks | None = None,
+    lock: Path | None = None,
 ) -> list[TrainResult]:
-    """Train (or resume, or read back) gradual runs; each finished one gets mask.npz and weights.npz."""
-    specs = [pruned_spec(r, settings, data) for r in runs]  # every run validated before any write
-    results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
-    if distributed.is_main():
-        for spec in specs:
-            final_mask(spec.run_dir)
-    distributed.barrier("waiting for rank 0 to write the final masks")
+    """Train (or resume, or read back) gradual runs; each finished one gets mask.npz and weights.npz.
+
+    Every run is validated before anything is written; then `lock` (a folder holding the runs) is
+    held against a second writer while they train.
+    """
+    specs = [pruned_spec(r, settings, data) for r in runs]
+    with hold(lock) if lock is not None else contextlib.nullcontext():
+        results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
+        if distributed.is_main():
+            for spec in specs:
+                final_mask(spec.run_dir)
+        distributed.barrier("waiting for rank 0 to write the final masks")
     return results
 
 

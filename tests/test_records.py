@@ -10,9 +10,9 @@ import pytest
 from lottery import layout, records
 from lottery.build import load_data, load_run
 from lottery.cli import main
+from lottery.copies import evaluate
 from lottery.imp import IMPConfig, run_imp
 from lottery.masks import Mask
-from lottery.trainer import evaluate
 from tests.conftest import tiny
 
 

@@ -245,23 +245,23 @@ def test_a_bug_is_an_internal_error_and_out_of_memory_has_its_own_status(capsys,
 
 
 def crash_at(step: int, monkeypatch, nth: int = 1) -> None:
-    """Make the `nth` Trainer made from now on raise after `step` optimizer steps (a kill)."""
-    from lottery import trainer as trainer_mod
+    """Make the `nth` engine made from now on raise after `step` optimizer steps (a kill)."""
+    from lottery import engine
 
-    real, made = trainer_mod.Trainer.__init__, []
+    real, made = engine.Engine.__init__, []
 
     def bomb(done: int) -> None:
         if done == step:
-            monkeypatch.setattr(trainer_mod.Trainer, "__init__", real)
+            monkeypatch.setattr(engine.Engine, "__init__", real)
             raise KeyboardInterrupt
 
     def patched(self, *a, **kw):
         real(self, *a, **kw)
         made.append(self)
         if len(made) == nth:
-            self.on_step = bomb
+            self.hooks = engine.Hooks(**{**self.hooks.__dict__, "after_step": [bomb]})
 
-    monkeypatch.setattr(trainer_mod.Trainer, "__init__", patched)
+    monkeypatch.setattr(engine.Engine, "__init__", patched)
 
 
 def test_the_mask_content_is_part_of_a_runs_identity(tmp_path, capsys, monkeypatch):

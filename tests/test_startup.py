@@ -52,6 +52,8 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
         "prune": ["--final-sparsity", "0.9"],
         "rewind-sweep": ["--rewind-steps", "0"],
         "instability": ["--start-steps", "0"],
+        "export": ["r", "--as", "dense", "--out", "f"],
+        "speed": ["r"],
     }
     for name in COMMANDS:
         args = parser.parse_args([name, *positional.get(name, []), "--no-progress"])

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lottery.build import load_data, load_run
+from lottery.cli import add_progress_flag
 from lottery.copies import evaluate
 from lottery.device import resolve_device
 from lottery.export import (
@@ -35,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the export file to write")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--no-eval", action="store_true", help="skip scoring on the test set")
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 

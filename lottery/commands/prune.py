@@ -13,7 +13,7 @@ from lottery.config import ConfigError, check_seeds
 from lottery.gradual import GradualRun, PruningSettings, train_gradual
 from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask
 from lottery.pruner import run_length
-from lottery.runfolder import check_writable, hold
+from lottery.runfolder import check_writable
 from lottery.schedules import SCHEDULES
 from lottery.storage import read_jsonl
 
@@ -88,10 +88,10 @@ def run(args: argparse.Namespace) -> int:
                         record={"label": f"seed {s}"})
         for s in seeds
     ]  # fmt: skip
-    with hold(args.out):
-        results = train_gradual(
-            runs, settings, data, batched=args.batched, progress=not args.no_progress
-        )
+    progress = not args.no_progress
+    results = train_gradual(
+        runs, settings, data, batched=args.batched, progress=progress, lock=Path(args.out)
+    )
     for run, result in zip(runs, results, strict=True):
         mask = Mask.load(run.out / layout.MASK)
         print(

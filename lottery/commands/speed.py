@@ -9,7 +9,7 @@ import torch
 
 from lottery import layout
 from lottery.build import load_run
-from lottery.cli import parse_ints
+from lottery.cli import add_progress_flag, parse_ints
 from lottery.commands.export import architecture
 from lottery.device import resolve_device
 from lottery.export import ROUTES, check_semi_structured_device
@@ -51,6 +51,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--format", choices=FORMATS, default="png", help="figure file format")
     p.add_argument("--out", type=Path, default=Path("checkpoints/speed"), help="output folder")
+    add_progress_flag(p)
     p.set_defaults(func=run)
 
 
