@@ -5,7 +5,8 @@ number of epochs, 95% final sparsity by layer-wise magnitude pruning, and the sc
 (at 40% of the budget), iterative and AGP (from 20%), linear, cosine, cosine ending at 70%,
 exponential and one-cycle, each over several seeds; a dense run per seed gives the reference.
 Every schedule goes through the same GradualPruner and mask engine, so runs differ only by the
-schedule. Writes results.json, table.md, sparsity.png and accuracy.png under --out.
+schedule; all schedules x seeds train as one stacked model (`--one-by-one` to train them apart).
+Writes results.json, table.md, sparsity.png and accuracy.png under --out.
 
     python -m experiments.schedule_budget            # the README table (~12 min on 2 idle cores)
     python -m experiments.schedule_budget --quick    # a one-minute smoke run
@@ -16,21 +17,20 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lottery import layout
 from lottery.config import TrainConfig
 from lottery.data import Splits, load_dataset
+from lottery.gradual import GradualRun, PruningSettings, train_gradual
 from lottery.models import prunable_names
-from lottery.pruner import GradualPruner, run_length
+from lottery.pruner import run_length
 from lottery.schedules import Schedule
 from lottery.storage import read_jsonl, write_json
-from lottery.trainer import Trainer
 
 FINAL_SPARSITY = 0.95
 # label -> Schedule arguments; windows as fractions of the budget, as in the study's blog post.
@@ -104,13 +104,16 @@ class Budget:
     update_every: int
     evals: int
     data_root: str | None
+    threads: int | None
+    dataset: str = "fashion_mnist"
+    device: str = "cpu"
 
 
 def config(budget: Budget, seed: int) -> TrainConfig:
     """Adam with the one-cycle LR policy, as in the study; seed = init seed = data-order seed."""
     return TrainConfig(
         model=MODEL_NAME,
-        dataset="fashion_mnist",
+        dataset=budget.dataset,
         data_root=budget.data_root,
         val_size=budget.val_size,
         train_limit=budget.train_limit,
@@ -122,61 +125,49 @@ def config(budget: Budget, seed: int) -> TrainConfig:
         lr_schedule="one-cycle",
         init_seed=seed,
         data_seed=seed,
-        device="cpu",
+        device=budget.device,
+        threads=budget.threads,
         extra={"architecture": conv4_quarter.__doc__.splitlines()[0]},
     )
 
 
-_DATA: dict[Budget, Splits] = {}
+def make_runs(labels: list[str], seeds: int, budget: Budget, data: Splits, out: Path) -> list:
+    """Every (schedule, seed) run as a GradualRun in out/runs/<schedule>/seed_<s>/ (the dense
+    reference has no schedule); each seed's init and data order are shared by its schedules."""
+    runs = []
+    for seed in range(seeds):
+        cfg = config(budget, seed)
+        total, _ = run_length(cfg, data)
+        cfg = cfg.replace(eval_every=max(1, total // budget.evals))
+        for label in labels:
+            schedule = None
+            if label != DENSE:
+                schedule = Schedule(final_sparsity=FINAL_SPARSITY, **RECIPES[label])
+            model = conv4_quarter(data.input_shape, data.num_classes, seed)
+            run_dir = out / "runs" / _slug(label) / f"seed_{seed}"
+            runs.append(GradualRun(cfg, schedule, run_dir, model, {"label": f"{label} s{seed}"}))
+    return runs
 
 
-def _data(budget: Budget, cfg: TrainConfig) -> Splits:
-    if budget not in _DATA:
-        _DATA[budget] = load_dataset(
-            cfg.dataset,
-            cfg.data_root,
-            val_size=cfg.val_size,
-            train_limit=cfg.train_limit,
-            test_limit=cfg.test_limit,
-        )
-    return _DATA[budget]
-
-
-def run_one(label: str, seed: int, budget: Budget, out: Path, threads: int) -> dict:
-    """Train one (schedule, seed) run in its own directory (resumed or reused when present)."""
-    torch.set_num_threads(threads)
-    cfg = config(budget, seed)
-    data = _data(budget, cfg)
-    total, per_epoch = run_length(cfg, data)
-    cfg = cfg.replace(eval_every=max(1, total // budget.evals))
-    run_dir = out / "runs" / _slug(label) / f"seed_{seed}"
-    pruner = None
-    if label != DENSE:
-        schedule = Schedule(final_sparsity=FINAL_SPARSITY, **RECIPES[label])
-        pruner = GradualPruner(
-            schedule,
-            total,
-            every=budget.update_every,
-            steps_per_epoch=per_epoch,
-            scope="layer",
-            criterion="magnitude",
-            log_path=run_dir / "pruning.jsonl",
-        )
-        cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
-    model = conv4_quarter(data.input_shape, data.num_classes, seed)
-    record = {"label": f"{label} s{seed}"}
-    result = Trainer(cfg, data, model, run_dir, pruner=pruner, progress=False, record=record).fit()
-    print(f"{label:22s} seed {seed}: test accuracy {result.test_accuracy:.4f}", flush=True)
-    return {
-        "schedule": label,
-        "seed": seed,
-        "test_accuracy": result.test_accuracy,
-        "sparsity": 1.0 - result.density,
-        "seconds": result.seconds,
-        "metrics": read_jsonl(run_dir / "metrics.jsonl"),
-        "pruning": read_jsonl(run_dir / "pruning.jsonl") if pruner is not None else [],
-        "total_steps": total,
-    }
+def train(runs: list, budget: Budget, data: Splits, batched: bool, progress: bool) -> list[dict]:
+    """Train (or resume, or read back) every run, all as one stacked model when `batched`."""
+    settings = PruningSettings(every=budget.update_every, scope="layer", criterion="magnitude")
+    results = train_gradual(runs, settings, data, batched=batched, progress=progress)
+    out = []
+    for run, result in zip(runs, results, strict=True):
+        label, seed = run.record["label"].rsplit(" s", 1)
+        log = run.out / layout.PRUNING_LOG
+        out.append({
+            "schedule": label,
+            "seed": int(seed),
+            "test_accuracy": result.test_accuracy,
+            "sparsity": 1.0 - result.density,
+            "seconds": result.seconds,
+            "metrics": read_jsonl(run.out / layout.METRICS),
+            "pruning": read_jsonl(log) if run.schedule is not None else [],
+            "total_steps": result.steps,
+        })  # fmt: skip
+    return out
 
 
 def _slug(label: str) -> str:
@@ -267,13 +258,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak LR of the one-cycle policy")
     p.add_argument("--update-every", type=int, default=10, help="steps between mask updates")
     p.add_argument("--evals", type=int, default=6, help="evaluations per run (accuracy curve)")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained in parallel processes")
     p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads per process (1: small convs on a shared CPU run fastest single-threaded)",
+        "--one-by-one",
+        action="store_true",
+        help="train the runs one after another instead of as one stacked model",
     )
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--schedules", default=None, help="comma-separated subset of the labels")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference runs")
     p.add_argument("--data-root", default=None)
@@ -307,16 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         update_every=args.update_every,
         evals=args.evals,
         data_root=args.data_root,
+        threads=args.threads,
     )
-    jobs = [(label, seed) for seed in range(args.seeds) for label in labels]
-    if args.jobs == 1:
-        runs = [run_one(label, seed, budget, args.out, args.threads) for label, seed in jobs]
-    else:
-        with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = [
-                pool.submit(run_one, lb, s, budget, args.out, args.threads) for lb, s in jobs
-            ]
-            runs = [f.result() for f in futures]
+    cfg = config(budget, 0)
+    data = load_dataset(cfg.dataset, cfg.data_root, val_size=cfg.val_size,
+                        train_limit=cfg.train_limit, test_limit=cfg.test_limit)  # fmt: skip
+    runs = train(make_runs(labels, args.seeds, budget, data, args.out), budget, data,
+                 batched=not args.one_by_one, progress=not args.no_progress)  # fmt: skip
     rows = summarise(runs)
     md = table(rows)
     write_json(

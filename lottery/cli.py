@@ -8,16 +8,20 @@ being run is imported, so `lottery --help` and `--version` load no torch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import logging
 import sys
 import traceback
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from lottery import __version__
-from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
+from lottery.config import ConfigError, TrainConfig
 
 # Subcommand -> one-line help (the module `lottery.commands.<name>` registers the full parser).
 COMMANDS: dict[str, str] = {
@@ -33,33 +37,6 @@ COMMANDS: dict[str, str] = {
     "export": "export a pruned run for inference: compact, sparse (CSR), 2:4 or dense",
     "speed": "time inference of a pruned run: dense vs compact, sparse and 2:4, and vs sparsity",
 }
-
-# Per-model training defaults from the papers, used where the user gives no flag.
-# LeNet: Adam 1.2e-3, batch 60; Conv-2: Adam 2e-4; Conv-4/6: Adam 3e-4 (Frankle & Carbin 2019).
-# ResNet-20/VGG: SGD 0.1, momentum 0.9, LR x0.1 at ~51% and ~76% of training (32K/48K of 63K
-# iterations), batch 128 (Frankle et al. 2020); weight decay 1e-4 as in OpenLTH.
-PAPER_DEFAULTS: dict[str, dict] = {
-    "lenet": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60},
-    "conv2": {"optimizer": "adam", "lr": 2e-4, "batch_size": 60},
-    "conv4": {"optimizer": "adam", "lr": 3e-4, "batch_size": 60},
-    "conv6": {"optimizer": "adam", "lr": 3e-4, "batch_size": 60},
-    "deep": {
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.9,
-        "batch_size": 128,
-        "weight_decay": 1e-4,
-        "lr_schedule": "step",
-        "milestones": (0.508, 0.762),
-    },
-}
-
-
-def paper_defaults(model: str) -> dict:
-    """The training settings the papers used for `model` (deep nets share one recipe)."""
-    if model.startswith("lenet"):
-        return PAPER_DEFAULTS["lenet"]
-    return PAPER_DEFAULTS.get(model, PAPER_DEFAULTS["deep"])
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -78,98 +55,63 @@ def parse_scales(text: str) -> dict[str, float]:
     return out
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def parse_floats(text: str) -> tuple[float, ...]:
+    """`0.5,0.75` as a tuple of floats (as for --milestones, --betas)."""
     return tuple(float(t) for t in text.split(",") if t.strip())
 
 
+def add_config_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = None) -> None:
+    """One flag per TrainConfig field, generated from the dataclass: its name, type, help, group,
+    choices and default (a field with `paper` metadata is unset until given); `helps` adds to a
+    field's help what only a loaded module knows."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    exclusive: dict[str, argparse._MutuallyExclusiveGroup] = {}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        if meta["group"] not in groups:
+            groups[meta["group"]] = p.add_argument_group(meta["group"])
+        g = groups[meta["group"]]
+        if "exclusive" in meta:
+            if meta["exclusive"] not in exclusive:
+                exclusive[meta["exclusive"]] = g.add_mutually_exclusive_group()
+            g = exclusive[meta["exclusive"]]
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # X | None: the flag parses X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        name = "--" + f.name.replace("_", "-")
+        text = f"{meta['help']}{(helps or {}).get(f.name, '')}"
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if kind is bool:
+            g.add_argument(name, action="store_true", default=default, help=text)
+            continue
+        parse = {int: int, float: float, str: str}.get(kind)
+        if parse is None:  # tuples of ints or floats, comma-separated
+            parse = parse_ints if typing.get_args(kind)[0] is int else parse_floats
+        g.add_argument(name, type=parse, default=default, choices=meta.get("choices"), help=text)
+
+
 def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
-    """Flags shared by every subcommand that trains (same names everywhere)."""
+    """Flags shared by every subcommand that trains (same names everywhere): the configuration's
+    fields, CUDA fast-path switches, --config, --download, --out and --no-progress."""
     from lottery.data import DATASETS  # imported here so `lottery --help` loads no torch
 
-    g = p.add_argument_group("data and model")
+    add_config_args(p, {"dataset": f": {', '.join(DATASETS)}"})
+    g = p.add_argument_group("files and fast path")
     g.add_argument(
-        "--model",
-        default="lenet_300_100",
-        help="registry name, lenet_<h1>_<h2>..., or any torchvision classifier",
-    )
-    g.add_argument("--dataset", default="fashion_mnist", help=f"one of {', '.join(DATASETS)}")
-    g.add_argument(
-        "--data-root",
+        "--config",
+        type=Path,
         default=None,
-        help="folder holding the dataset files (default: $LOTTERY_DATA or ~/.cache/lottery/data; Fashion-MNIST also from Debian's dataset-fashion-mnist)",
+        help="read settings from a JSON or YAML file (a run's config.json or a search's imp.json "
+        "reruns it); flags given on the command line override the file",
     )
     g.add_argument(
         "--download",
         action="store_true",
         help="download a missing dataset into --data-root (never done otherwise)",
     )
-    g.add_argument(
-        "--val-size",
-        type=int,
-        default=5000,
-        help="validation examples carved from the training set",
-    )
-    g.add_argument(
-        "--train-limit", type=int, default=None, help="use only the first N training examples"
-    )
-    g.add_argument(
-        "--test-limit", type=int, default=None, help="use only the first N test examples"
-    )
-    g.add_argument(
-        "--width", type=int, default=1, help="width multiplier of the model's hidden layers"
-    )
-    g.add_argument(
-        "--init",
-        default=None,
-        help="kaiming_normal, glorot_normal or default (model's paper default if omitted)",
-    )
-    g = p.add_argument_group("training (unset flags take the model's paper defaults)")
-    length = g.add_mutually_exclusive_group()
-    length.add_argument(
-        "--steps", type=int, default=None, help="training length in optimizer steps"
-    )
-    length.add_argument(
-        "--epochs", type=float, default=None, help="training length in epochs (converted to steps)"
-    )
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
-    g.add_argument("--lr", type=float, default=None, help="base learning rate")
-    g.add_argument("--momentum", type=float, default=None, help="SGD momentum")
-    g.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (SGD)")
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None)
-    g.add_argument(
-        "--milestones",
-        type=_floats,
-        default=None,
-        help="LR x gamma at these steps (values < 1: fractions of training), comma-separated",
-    )
-    g.add_argument("--gamma", type=float, default=None, help="LR decay factor at each milestone")
-    g.add_argument("--warmup-steps", type=int, default=None, help="linear LR warm-up length")
-    g = p.add_argument_group("records, seeds and device")
-    g.add_argument(
-        "--eval-every", type=int, default=None, help="evaluate every N steps (default: every epoch)"
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=None,
-        help="resume checkpoint every N steps (default: every epoch)",
-    )
-    g.add_argument(
-        "--save-at",
-        type=parse_ints,
-        default=(),
-        help="also keep checkpoints at these steps, e.g. 0,100,500",
-    )
-    g.add_argument("--init-seed", type=int, default=0, help="seed of the initial weights")
-    g.add_argument(
-        "--data-seed", type=int, default=0, help="seed of the data order and augmentation"
-    )
-    g.add_argument("--split-seed", type=int, default=0, help="seed of the validation split")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    g.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument(
         "--cuda-graphs",
         action="store_true",
@@ -187,12 +129,7 @@ def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
         default=Path(out_default),
         help="run directory (rerunning the same command resumes it)",
     )
-    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    g.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard event files to RUN/tensorboard/ (needs lottery[tensorboard])",
-    )
+    add_progress_flag(p)
 
 
 def add_batch_args(p: argparse.ArgumentParser, what: str) -> None:
@@ -224,49 +161,10 @@ def _fast_path(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """A TrainConfig from parsed flags; unset training flags take the model's paper defaults."""
-    tuned = dict(paper_defaults(args.model))
-    for key in (
-        "batch_size",
-        "optimizer",
-        "lr",
-        "momentum",
-        "nesterov",
-        "weight_decay",
-        "lr_schedule",
-        "milestones",
-        "gamma",
-        "warmup_steps",
-    ):
-        value = getattr(args, key)
-        if value is not None:
-            tuned[key] = value
-    if args.steps is None and args.epochs is None:
-        args.epochs = 2.0
-    return TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        data_root=args.data_root,
-        val_size=args.val_size,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
-        width=args.width,
-        init=args.init,
-        steps=args.steps,
-        epochs=args.epochs,
-        eval_every=args.eval_every,
-        checkpoint_every=args.checkpoint_every,
-        save_at=args.save_at,
-        init_seed=args.init_seed,
-        data_seed=args.data_seed,
-        split_seed=args.split_seed,
-        device=args.device,
-        bf16=args.bf16,
-        compile=args.compile,
-        tensorboard=args.tensorboard,
-        extra=_fast_path(args),
-        **tuned,
-    )
+    """A TrainConfig from parsed flags; the library resolves unset ones to the paper defaults."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if f.name != "extra" and getattr(args, f.name) is not None}  # fmt: skip
+    return TrainConfig(**given, extra=_fast_path(args))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -344,6 +242,86 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+# Recorded names whose flag is spelled otherwise (IMP's fraction, a gradual run's pruning).
+RENAMED = {"fraction": "prune_fraction", "every": "update_every", "seed": "prune_seed"}
+
+
+def read_settings(path: Path) -> dict[str, Any]:
+    """Settings from a JSON or YAML file, by flag destination: plain `name: value` pairs, a run's
+    config.json (its "config") or a search's imp.json (its "train" and "imp" settings)."""
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise ConfigError(
+                    f"--config {path}: YAML files need PyYAML (pip install 'lottery[yaml]')"
+                ) from None
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ValueError as e:  # JSON and YAML parse errors
+        raise ConfigError(f"--config {path}: not valid {path.suffix[1:] or 'JSON'}: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of settings")
+    if "config" in data:
+        data = data["config"]
+    elif "train" in data and "imp" in data:
+        data = {**data["train"], **data["imp"]}
+    flat = {k: v for k, v in data.items() if k != "extra"}
+    extra = dict(data.get("extra") or {})
+    flat["cuda_graphs"] = extra.pop("cuda_graphs", False)
+    flat["no_channels_last"] = not extra.pop("channels_last", True)
+    pruning = extra.pop("pruning", None)
+    if pruning is not None:
+        schedule = pruning.pop("schedule")
+        flat.update(schedule.pop("params"), schedule=schedule.pop("name"), **schedule, **pruning)
+    if extra:
+        raise ConfigError(f"--config {path}: unknown settings {sorted(extra)} in extra")
+    return {RENAMED.get(k, k): v for k, v in flat.items()}
+
+
+def settings_flags(values: dict[str, Any]) -> list[str]:
+    """Settings as command-line flags (so they are parsed exactly as typed flags are)."""
+    out: list[str] = []
+    for name, v in values.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(v, bool):
+            out += [flag] if v else []
+        elif isinstance(v, list | tuple):
+            out += [flag, ",".join(map(str, v))]
+        elif isinstance(v, dict):
+            out += [flag, ",".join(f"{k}={x}" for k, x in v.items())]
+        elif v is not None:
+            out += [flag, str(v)]
+    return out
+
+
+def with_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse `argv`; with --config FILE, the file's settings are parsed as flags placed before
+    the command line's own, so that flags given on the command line win."""
+    path = next((Path(b) for a, b in zip(argv, argv[1:], strict=False) if a == "--config"), None)
+    path = next((Path(a[9:]) for a in argv if a.startswith("--config=")), path)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if path is None or command is None:
+        return parser.parse_args(argv)
+    values = read_settings(path)
+    if any(a.split("=")[0] in ("--steps", "--epochs") for a in argv):  # one length only
+        values = {k: v for k, v in values.items() if k not in ("steps", "epochs")}
+    i = argv.index(command) + 1
+    args, unknown = parser.parse_known_args([*argv[:i], *settings_flags(values), *argv[i:]])
+    if unknown:
+        raise ConfigError(
+            f"--config {path}: {[a[2:].replace('-', '_') for a in unknown if a[:2] == '--']} are "
+            f"not settings of lottery {command}"
+        )
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lottery` console script; bad input exits 2 with a one-line reason.
 
@@ -352,9 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
-        args = build_parser([command] if command in COMMANDS else []).parse_args(argv)
+        args = with_config_file(build_parser([command] if command in COMMANDS else []), argv)
     except SystemExit as e:  # --help, --version (0) or a one-line argument error (2)
         return e.code if isinstance(e.code, int) else EXIT_USER
+    except ConfigError as e:
+        print(f"lottery {command}: error: {e}", file=sys.stderr)
+        return EXIT_USER
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     prog = f"lottery {args.command}"
     try:

@@ -1,16 +1,13 @@
 """The copies that one engine step trains: one plain module (K = 1) or K stacked ones (K > 1).
 
-A lottery-ticket study trains many small networks of one architecture (each round's ticket, its
-controls, several seeds), and on a GPU such a step is bound by kernel launches. `StackedCopies`
-stacks the K runs' parameters along a leading dimension and drives them with `torch.func.vmap`
-over `functional_call`: one forward, one backward and one optimizer step for all K. The loss is
-the sum of each copy's mean loss, so each copy's gradient is its own. One optimizer over stacked
-tensors is elementwise the same as K optimizers (SGD with momentum, Nesterov or weight decay;
-Adam, AdamW) when the copies share the optimizer's step count and settings. Results match
-separate runs to float tolerance, not bitwise: a batched matrix product may round differently.
-
-Both kinds offer the same few operations to the engine: a batch, the losses, a copy's weights and
-gradients, a new mask for a copy, evaluation of every copy, and a copy's state for its checkpoint.
+`StackedCopies` stacks K runs' parameters along a leading dimension and drives them with
+`torch.func.vmap` over `functional_call`: one forward, backward and optimizer step for all K (on a
+GPU small steps are bound by kernel launches). The loss is the sum of each copy's mean loss, so
+each copy's gradient is its own; one optimizer over stacked tensors is elementwise K optimizers
+(SGD with momentum, Nesterov or weight decay; Adam, AdamW) when the copies share its step count
+and settings. Results match separate runs to float tolerance (batched products round otherwise).
+Both kinds offer the engine a batch, the losses, a copy's weights, gradients, new mask and state,
+and the evaluation of every copy.
 """
 
 from __future__ import annotations
@@ -135,16 +132,6 @@ class SingleCopy:
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
-
-    def check_ranks_agree(self, when: str) -> None:
-        """In a data-parallel run, fail loudly unless every rank holds the same weights and mask."""
-        if distributed.world_size() == 1:
-            return
-        run = self.runs[0]
-        state = {f"model {k}": v for k, v in self.model.state_dict().items()}
-        if run.mask is not None:
-            state.update({f"mask {k}": v for k, v in run.mask.tensors.items()})
-        distributed.check_agree(state, f"weights and masks {when} of {run.dir}")
 
 
 class StackedCopies:

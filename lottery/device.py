@@ -10,6 +10,7 @@ from torch import nn
 
 from lottery import distributed
 from lottery.config import ConfigError, TrainConfig
+from lottery.models import has_batchnorm
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -53,3 +54,17 @@ def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMana
     if not bf16:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The model on its device and memory format; in a data-parallel run, BatchNorm synchronised
+    so that it takes its statistics over the global batch as one process would."""
+    model = memory_format(model.to(device), cfg, device)
+    if distributed.world_size() == 1 or not has_batchnorm(model):
+        return model
+    if device.type != "cuda":
+        raise ConfigError(
+            "data-parallel BatchNorm models need CUDA, where SyncBatchNorm takes statistics "
+            "over the global batch as one process would; on CPU train them in one process"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -243,6 +243,15 @@ def check_agree(tensors: dict[str, torch.Tensor], what: str) -> None:
             )
 
 
+def check_model_agrees(model: torch.nn.Module, mask: Mask | None, what: str) -> None:
+    """Fail loudly unless every rank holds the same weights (and mask) at `what`."""
+    if world_size() == 1:
+        return
+    state = {f"model {k}": v for k, v in model.state_dict().items()}
+    state.update({f"mask {k}": v for k, v in (mask.tensors if mask is not None else {}).items()})
+    check_agree(state, f"weights and masks at {what}")
+
+
 def _env_int(name: str, default: int) -> int:
     text = os.environ.get(name)
     if text is None or text == "":

@@ -67,7 +67,7 @@ def begin(run: Run, start: StartState | None, data: Splits, hooks: Hooks) -> tup
             prune(single, 0, step, hooks)
         checkpoint(single, 0, step, hooks)
         record(single, step, data, hooks)
-    single.check_ranks_agree("at the start")
+    distributed.check_model_agrees(run.model, run.mask, f"the start of {run.dir}")
     return single, step
 
 
@@ -110,8 +110,8 @@ class Engine:
     def fit(self, step: int) -> list[TrainResult]:
         self.loop(step)
         c = self.copies
-        if isinstance(c, SingleCopy):
-            c.check_ranks_agree("at the end")
+        for r in self.runs:  # data-parallel runs are single copies
+            distributed.check_model_agrees(r.model, r.mask, f"the end of {r.dir}")
         return [r.complete(r.state(r.total, *c.state(i))) for i, r in enumerate(self.runs)]
 
     def loop(self, step: int) -> None:
@@ -131,8 +131,9 @@ class Engine:
         loss_sum = torch.zeros(() if k == 1 else k, device=device)
         count, t0 = 0, time.perf_counter()
         desc = lead.record.get("label", "train") if k == 1 else f"{k} runs batched"
-        bar = tqdm(total=lead.total, initial=step, disable=not self.progress, desc=desc,
-                   leave=False, mininterval=0.5)  # fmt: skip
+        bar = tqdm(
+            total=lead.total, initial=step, disable=not self.progress, desc=desc, leave=False
+        )
         for s in range(step, lead.total):
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -152,10 +153,8 @@ class Engine:
             count += 1
             bar.update(1)
             done = s + 1
-            if done in any_prune:
-                for i in range(k):
-                    if done in prune_at[i]:
-                        prune(c, i, done, hooks)
+            for i in (i for i in range(k) if done in prune_at[i]) if done in any_prune else ():
+                prune(c, i, done, hooks)
             eval_due = lead.eval_due(done)
             ckpt_due = done % lead.ckpt_every == 0 or done in any_save
             if eval_due or ckpt_due:
@@ -169,10 +168,8 @@ class Engine:
                 count = 0
             if eval_due:
                 record(c, done, self.data, hooks)
-            if ckpt_due:
-                for i, r in enumerate(runs):
-                    if r.checkpoint_due(done):
-                        checkpoint(c, i, done, hooks)
+            for i in (i for i, r in enumerate(runs) if ckpt_due and r.checkpoint_due(done)):
+                checkpoint(c, i, done, hooks)
             if eval_due or ckpt_due:
                 t0 = time.perf_counter()
             for hook in hooks.after_step:
@@ -204,7 +201,6 @@ def train_runs(
     *,
     batched: bool = False,
     progress: bool = True,
-    on_step: Callable[[int], None] | None = None,
     hooks: Hooks | None = None,
 ) -> list[TrainResult]:
     """Train every run, one by one or (`batched`) each cohort as one stacked model; results in order.
@@ -213,11 +209,8 @@ def train_runs(
     interrupted ones resume from their last checkpoint.
     """
     hooks = hooks or Hooks()
-    if on_step is not None:
-        hooks = Hooks(**{**hooks.__dict__, "after_step": [*hooks.after_step, on_step]})
     devices = [resolve_device(s.cfg.device) for s in specs]
-    if devices:
-        distributed.setup(devices[0])
+    distributed.setup(devices[0] if devices else torch.device("cpu"))
     data = data.to(devices[0]) if devices else data
     runs = [Run(s, data, d) for s, d in zip(specs, devices, strict=True)]
     if not batched:

@@ -45,10 +45,12 @@ class PruningSettings:
 
 @dataclass
 class GradualRun:
-    """One run to train under `schedule` in folder `out` (model: the configured one if None)."""
+    """One run to train under `schedule` in folder `out` (model: the configured one if None).
+
+    A run without a schedule is a dense reference, trained beside the pruned ones."""
 
     cfg: TrainConfig
-    schedule: Schedule
+    schedule: Schedule | None
     out: Path
     model: nn.Module | None = None
     record: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +59,8 @@ class GradualRun:
 def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> RunSpec:
     """The engine's run for a gradual run: its pruner, and the pruning settings in its config."""
     model = run.model if run.model is not None else make_model(run.cfg, data)
+    if run.schedule is None:
+        return RunSpec(run.cfg, Path(run.out), model, record=run.record)
     top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
     check_rate_scale(settings.rate_scale, model, top)
     total, per_epoch = run_length(run.cfg, data)
@@ -96,7 +100,8 @@ def train_gradual(
         results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
         if distributed.is_main():
             for spec in specs:
-                final_mask(spec.run_dir)
+                if spec.pruner is not None:
+                    final_mask(spec.run_dir)
         distributed.barrier("waiting for rank 0 to write the final masks")
     return results
 

@@ -14,14 +14,14 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from lottery import distributed
+from lottery import distributed, layout
 from lottery.build import load_data, make_model
 from lottery.checks import check_rate_scale
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
@@ -36,6 +36,29 @@ from lottery.runfolder import describe_diff, hold
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
+
+# Seeds derived for each round from the search's init seed. SEED_STRIDE keeps searches with
+# different init seeds apart for up to 1000 rounds; the primes keep the two controls' seeds from
+# colliding with each other and with the pruning seeds. Changing any of them changes every
+# recorded control (they are part of past results), so they are fixed.
+SEED_STRIDE, REINIT_PRIME, RANDOM_PRUNE_PRIME = 1000, 7919, 104729
+
+
+def mask_seed(init_seed: int, r: int) -> int:
+    """Seed of round r's pruning scores (only random criteria use it)."""
+    return init_seed * SEED_STRIDE + r
+
+
+def reinit_seed(init_seed: int, r: int) -> int:
+    """Seed of the fresh init of round r's random-reinit control."""
+    return init_seed + REINIT_PRIME * r
+
+
+def random_prune_seed(init_seed: int, r: int) -> int:
+    """Seed of the random mask of round r's random-prune control."""
+    return init_seed * SEED_STRIDE + RANDOM_PRUNE_PRIME * r
+
+
 CONTROLS = ("random-reinit", "random-prune")
 
 
@@ -56,7 +79,6 @@ class IMPConfig:
     save_control_weights: bool = False
     keep_checkpoints: bool = False
     batched: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.controls = tuple(self.controls)
@@ -118,7 +140,7 @@ def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = 
     --rounds than a finished search holds returns its first rounds and rewrites no record.
     Under torchrun every rank runs this; rank 0 writes the files and the others read them.
     """
-    return _search([cfg], imp, [Path(out)], progress, Path(out))[0]
+    return run_searches([cfg], [imp], [Path(out)], Path(out), progress)[0]
 
 
 def run_imp_seeds(
@@ -131,7 +153,8 @@ def run_imp_seeds(
     """
     check_seeds(seeds)
     cfgs = [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
-    summaries = _search(cfgs, imp, [Path(out) / f"seed_{s}" for s in seeds], progress, Path(out))
+    outs = [layout.seed_dir(Path(out), s) for s in seeds]
+    summaries = run_searches(cfgs, [imp] * len(seeds), outs, Path(out), progress)
     return dict(zip(seeds, summaries, strict=True))
 
 
@@ -155,56 +178,66 @@ def validate_search(
     return imp
 
 
-def _search(
-    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], progress: bool, root: Path
+def run_searches(
+    cfgs: list[TrainConfig], imps: list[IMPConfig], outs: list[Path], root: Path, progress: bool
 ) -> list[dict]:
-    """Validate, then hold `root`'s lock while the IMP loop runs for one search or several side by
-    side (same data, model and settings)."""
+    """Several searches side by side (same data and model; seeds, rewind points and the like may
+    differ): validated first, then, holding `root`'s lock, advanced round by round together, so
+    that with `batched` each round's runs of every search go to the engine in one call."""
+    if len({imp.rounds for imp in imps}) != 1:
+        raise ConfigError("searches side by side must have the same number of rounds")
     distributed.setup(resolve_device(cfgs[0].device))
     data = load_data(cfgs[0])
     model = make_model(cfgs[0], data)
-    imp = validate_search(cfgs, imp, outs, data, model)
+    imps = [
+        validate_search([c], i, [o], data, model) for c, i, o in zip(cfgs, imps, outs, strict=True)
+    ]
     with hold(root):
-        return _loop(cfgs, imp, outs, data, model, progress)
+        return _loop(cfgs, imps, outs, data, model, progress)
 
 
 def _loop(
     cfgs: list[TrainConfig],
-    imp: IMPConfig,
+    imps: list[IMPConfig],
     outs: list[Path],
     data: Splits,
     model,
     progress: bool,
 ) -> list[dict]:
     """The IMP rounds; each search's summary.json is refreshed after every round."""
-    k = imp.rewind_step if imp.reset != "init" else 0
+    ks = [imp.rewind_step if imp.reset != "init" else 0 for imp in imps]
     recorded = [_recorded_rounds(out) for out in outs]
-    for cfg, out in zip(cfgs, outs, strict=True):
+    for cfg, imp, out in zip(cfgs, imps, outs, strict=True):
         _write_record(out, cfg, imp)
 
     # Round 0: the dense network, saving θ0 and θk once for every later round.
-    dense = [cfg.replace(save_at=tuple({*cfg.save_at, 0, k})) for cfg in cfgs]
+    dense = [
+        cfg.replace(save_at=tuple({*cfg.save_at, 0, k})) for cfg, k in zip(cfgs, ks, strict=True)
+    ]
     masks = [Mask.ones(model) for _ in cfgs]
-    first = _rounds(0, outs, dense, data, masks, [None] * len(cfgs), imp, progress)
+    first = _rounds(0, outs, dense, data, masks, [None] * len(cfgs), imps, progress)
     rounds = [[row] for row in first]
-    _write_summaries(rounds, imp, outs, recorded)
-    ckpts = [out / "round_00" / "ticket" / "checkpoints" for out in outs]
-    theta_0 = [StartState.from_checkpoint(c / f"step_{0:07d}.pt") for c in ckpts]
-    theta_k = [StartState.from_checkpoint(c / f"step_{k:07d}.pt") for c in ckpts]
+    _write_summaries(rounds, imps, outs, recorded)
+    dense_runs = [layout.ticket_dir(out, 0) for out in outs]
+    theta_0 = [StartState.from_checkpoint(layout.step_checkpoint(d, 0)) for d in dense_runs]
+    theta_k = [StartState.from_checkpoint(layout.step_checkpoint(d, k))
+               for d, k in zip(dense_runs, ks, strict=True)]  # fmt: skip
 
-    for r in range(1, imp.rounds + 1):
-        prev = [_final_weights(out / f"round_{r - 1:02d}" / "ticket") for out in outs]
+    for r in range(1, imps[0].rounds + 1):
+        prev = [_final_weights(layout.ticket_dir(out, r - 1)) for out in outs]
         masks = [
-            _next_mask(out / f"round_{r:02d}", m, p, imp, seed=cfg.init_seed * 1000 + r)
-            for out, m, p, cfg in zip(outs, masks, prev, cfgs, strict=True)
+            _next_mask(layout.round_dir(out, r), m, p, imp, seed=mask_seed(cfg.init_seed, r))
+            for out, m, p, cfg, imp in zip(outs, masks, prev, cfgs, imps, strict=True)
         ]
-        resets = [_reset(imp, *a, k) for a in zip(cfgs, theta_0, theta_k, prev, strict=True)]
+        resets = [_reset(*a) for a in zip(imps, cfgs, theta_0, theta_k, prev, ks, strict=True)]
         starts, round_cfgs = [s for s, _ in resets], [c for _, c in resets]
-        rows = _rounds(r, outs, round_cfgs, data, masks, starts, imp, progress)
+        rows = _rounds(r, outs, round_cfgs, data, masks, starts, imps, progress)
         for kept, row in zip(rounds, rows, strict=True):
             kept.append(row)
-        _write_summaries(rounds, imp, outs, recorded)
-    return [{"settings": _settings(imp), "rounds": rows} for rows in rounds]
+        _write_summaries(rounds, imps, outs, recorded)
+    return [
+        {"settings": _settings(imp), "rounds": rows} for imp, rows in zip(imps, rounds, strict=True)
+    ]
 
 
 def _recorded_rounds(out: Path) -> int:
@@ -214,15 +247,15 @@ def _recorded_rounds(out: Path) -> int:
 
 
 def _write_summaries(
-    rounds: list[list[dict]], imp: IMPConfig, outs: list[Path], recorded: list[int]
+    rounds: list[list[dict]], imps: list[IMPConfig], outs: list[Path], recorded: list[int]
 ) -> None:
     """Refresh each summary.json with the rounds done so far, unless it already lists more (a
     smaller --rounds on a finished search reports its first rounds and leaves the record)."""
     if not distributed.is_main():
         return
-    for rows, out, n in zip(rounds, outs, recorded, strict=True):
+    for rows, imp, out, n in zip(rounds, imps, outs, recorded, strict=True):
         if len(rows) >= n:
-            write_json({"settings": _settings(imp), "rounds": rows}, out / "summary.json")
+            write_json({"settings": _settings(imp), "rounds": rows}, out / layout.SUMMARY)
 
 
 def _rounds(
@@ -232,16 +265,18 @@ def _rounds(
     data: Splits,
     masks: list[Mask],
     starts: list[StartState | None],
-    imp: IMPConfig,
+    imps: list[IMPConfig],
     progress: bool,
 ) -> list[dict]:
-    """Train round r's ticket and controls of every search (one batch with `imp.batched`); return
-    each search's summary row (and print it)."""
-    runs = [_round_runs(r, *a, data, imp) for a in zip(outs, cfgs, masks, starts, strict=True)]
+    """Train round r's ticket and controls of every search in one call to the engine (which
+    stacks, with `batched`, the runs that can share a step); return each search's summary row
+    (and print it)."""
+    args = zip(outs, cfgs, masks, starts, imps, strict=True)
+    runs = [_round_runs(r, out, cfg, mask, start, data, imp) for out, cfg, mask, start, imp in args]
     specs = [spec for search in runs for _, spec, _ in search]
-    results = iter(train_runs(specs, data, batched=imp.batched, progress=progress))
+    results = iter(train_runs(specs, data, batched=imps[0].batched, progress=progress))
     rows = []
-    for i, (search, mask) in enumerate(zip(runs, masks, strict=True)):
+    for i, (search, mask, imp) in enumerate(zip(runs, masks, imps, strict=True)):
         controls: dict[str, dict] = {}
         for name, spec, extra in search:
             result = next(results)
@@ -318,11 +353,11 @@ def _control(
     """One control beside round r: the same mask with a fresh init, or a random same-density mask."""
     cdir = rdir / name.replace("-", "_")
     if name == "random-reinit":
-        seed = cfg.init_seed + 7919 * r
+        seed = reinit_seed(cfg.init_seed, r)
         fresh = make_model(cfg, data, seed=seed).state_dict()
         cmask, cstart, extra = mask, StartState(fresh, None, start.step), {"reinit_seed": seed}
     else:
-        seed = cfg.init_seed * 1000 + 104729 * r
+        seed = random_prune_seed(cfg.init_seed, r)
         cmask = _load_or_make_mask(cdir / "mask.npz", lambda: random_mask_like(mask, seed))
         cstart, extra = start, {"mask_seed": seed}
     record = {"label": f"round {r} {name}", "round": r, "control": name, **extra}
@@ -387,7 +422,7 @@ def _metrics(result: TrainResult) -> dict[str, Any]:
 
 
 def _settings(imp: IMPConfig) -> dict[str, Any]:
-    return {k: v for k, v in dataclasses.asdict(imp).items() if k not in ("extra",)}
+    return dataclasses.asdict(imp)
 
 
 # --rounds may grow on resume; --batched changes how runs are scheduled, not what they are

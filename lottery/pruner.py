@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -20,6 +20,22 @@ from lottery.data import BatchStream, Splits
 from lottery.masks import GRANULARITIES, SCOPES, Mask, prune, score
 from lottery.schedules import Schedule
 from lottery.storage import write_jsonl
+
+
+class Pruner(Protocol):
+    """Gradual pruning: at its update steps it returns an extended mask for one run's weights.
+
+    A pruner may also define `after_backward(step, weights, grads)`, called by the engine after
+    every backward pass with the run's own tensors by name (movement-style scores need it).
+    """
+
+    update_steps: set[int]
+
+    def update(self, step: int, weights: dict[str, torch.Tensor], mask: Mask) -> Mask: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def run_length(cfg: TrainConfig, data: Splits) -> tuple[int, int]:

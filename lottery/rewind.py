@@ -15,7 +15,7 @@ from pathlib import Path
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import Splits
-from lottery.imp import IMPConfig, run_imp
+from lottery.imp import IMPConfig, run_searches
 from lottery.layout import rewind_dir, round_dirs
 from lottery.masks import Mask
 from lottery.overlap import pairwise
@@ -55,6 +55,10 @@ def rewind_sweep(
 ) -> dict:
     """IMP with rewinding to each of `steps`, sharing one dense run; writes out/rewind_sweep.json.
 
+    The rewind points' searches advance round by round together; with `imp.batched` the engine
+    stacks each point's ticket and controls (runs at different rewind steps stand at different
+    steps of their LR schedules, so they form separate cohorts).
+
     The result holds each rewind point's per-round summary and, for every pruned round, the
     pairwise overlap of the rewind points' masks against the chance baseline.
     """
@@ -64,15 +68,15 @@ def rewind_sweep(
         raise ConfigError("give at least one rewind step")
     dense = out / "dense"
     train_dense(cfg, steps, dense, progress=progress)
-    runs = {}
-    for k in steps:
-        kdir = rewind_dir(out, k)
+    outs = [rewind_dir(out, k) for k in steps]
+    for kdir in outs:
         link = kdir / "round_00" / "ticket"
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.relpath(dense, link.parent), link, target_is_directory=True)
-        rewound = dataclasses.replace(imp, reset="rewind", rewind_step=k)
-        runs[str(k)] = run_imp(cfg, rewound, kdir, progress=progress)["rounds"]
+    points = [dataclasses.replace(imp, reset="rewind", rewind_step=k) for k in steps]
+    summaries = run_searches([cfg] * len(steps), points, outs, out, progress)
+    runs = {str(k): summary["rounds"] for k, summary in zip(steps, summaries, strict=True)}
     result = {
         "steps": steps,
         "imp": {**dataclasses.asdict(imp), "reset": "rewind"},

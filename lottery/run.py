@@ -12,45 +12,19 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from lottery import distributed, layout
+from lottery import distributed, layout, storage
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import BatchStream, Splits
-from lottery.device import check_fast_path, memory_format
+from lottery.device import check_fast_path, place
 from lottery.masks import Mask
-from lottery.models import has_batchnorm
+from lottery.pruner import Pruner
 from lottery.runfolder import check_identity, run_identity
-from lottery.storage import (
-    CheckpointError,
-    load_checkpoint,
-    provenance,
-    read_json,
-    read_jsonl,
-    save_checkpoint,
-    write_json,
-    write_jsonl,
-)
 from lottery.tracking import TensorBoardTracker, evaluation_scalars
-
-
-class Pruner(Protocol):
-    """Gradual pruning: at its update steps it returns an extended mask for one run's weights.
-
-    A pruner may also define `after_backward(step, weights, grads)`, called by the engine after
-    every backward pass with the run's own tensors by name (movement-style scores need it).
-    """
-
-    update_steps: set[int]
-
-    def update(self, step: int, weights: dict[str, torch.Tensor], mask: Mask) -> Mask: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -63,7 +37,7 @@ class StartState:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, with_optimizer: bool = True) -> StartState:
-        ck = load_checkpoint(path)
+        ck = storage.load_checkpoint(path)
         return cls(ck["model"], ck["optimizer"] if with_optimizer else None, ck["step"])
 
 
@@ -127,26 +101,14 @@ class Tally:
     seconds: float = 0.0
 
 
-def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The model on its device and memory format; in a data-parallel run, BatchNorm synchronised
-    so that it takes its statistics over the global batch as one process would."""
-    model = memory_format(model.to(device), cfg, device)
-    if distributed.world_size() == 1 or not has_batchnorm(model):
-        return model
-    if device.type != "cuda":
-        raise ConfigError(
-            "data-parallel BatchNorm models need CUDA, where SyncBatchNorm takes statistics "
-            "over the global batch as one process would; on CPU train them in one process"
-        )
-    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-
-
 class Run:
     """A run's settings and folder, and everything it writes there; the engine does the training."""
 
     def __init__(self, spec: RunSpec, data: Splits, device: torch.device):
         self.spec, self.cfg, self.dir = spec, spec.cfg, Path(spec.run_dir)
         check_fast_path(self.cfg, device)
+        if self.cfg.threads is not None:
+            torch.set_num_threads(self.cfg.threads)
         self.record, self.pruner = spec.record, spec.pruner
         self.stream = BatchStream(
             data.train_x,
@@ -190,7 +152,7 @@ class Run:
     def stored_result(self) -> TrainResult:
         """A finished run's result (a folder made with other settings is refused)."""
         self.write_config()
-        return TrainResult.from_dict(read_json(self.dir / layout.RESULT))
+        return TrainResult.from_dict(storage.read_json(self.dir / layout.RESULT))
 
     def write_config(self) -> None:
         """config.json, once; a folder holding another run is refused, naming what differs."""
@@ -200,7 +162,7 @@ class Run:
             return
         if not distributed.is_main():
             return
-        write_json(
+        storage.write_json(
             {
                 "config": self.cfg.to_dict(),
                 "total_steps": self.total,
@@ -213,7 +175,7 @@ class Run:
                 "fingerprint": self.fingerprint,
                 "mask_digest": self.identity.mask_digest,
                 **self.record,
-                **provenance(),
+                **storage.provenance(),
             },
             path,
         )
@@ -224,11 +186,11 @@ class Run:
         self.write_config()
         if not distributed.from_main(self.last.exists()):
             if distributed.is_main():
-                write_jsonl([], self.metrics)
+                storage.write_jsonl([], self.metrics)
             return None
-        ck = load_checkpoint(self.last, map_location=self.device)
+        ck = storage.load_checkpoint(self.last, map_location=self.device)
         if ck.get("fingerprint") != self.fingerprint:
-            raise CheckpointError(
+            raise storage.CheckpointError(
                 f"{self.last} belongs to a run with another configuration; "
                 "use a new --out directory or delete the old one"
             )
@@ -239,8 +201,9 @@ class Run:
             self.pruner.load_state_dict(ck["pruner"])
         torch.set_rng_state(ck["rng"])
         if distributed.is_main():
-            write_jsonl(
-                [r for r in read_jsonl(self.metrics) if r["step"] <= ck["step"]], self.metrics
+            storage.write_jsonl(
+                [r for r in storage.read_jsonl(self.metrics) if r["step"] <= ck["step"]],
+                self.metrics,
             )
         return ck
 
@@ -304,9 +267,9 @@ class Run:
         if not distributed.is_main():
             return
         if step in self.save_at:
-            save_checkpoint(state, layout.step_checkpoint(self.dir, step))
+            storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
         if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
-            save_checkpoint(state, self.last)
+            storage.save_checkpoint(state, self.last)
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
         """Write final.pt and result.json, and drop the resume checkpoint."""
@@ -323,8 +286,8 @@ class Run:
             seconds=self.tally.seconds,
         )
         if distributed.is_main():
-            save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
-            write_json(result.to_dict(), self.dir / layout.RESULT)
+            storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
+            storage.write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
         if self.tracker is not None:
             self.tracker.close()

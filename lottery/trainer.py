@@ -20,7 +20,8 @@ from lottery.data import BatchStream, Splits
 from lottery.device import resolve_device
 from lottery.engine import Hooks, fit_one
 from lottery.masks import Mask
-from lottery.run import Pruner, Run, RunSpec, StartState, TrainResult
+from lottery.pruner import Pruner
+from lottery.run import Run, RunSpec, StartState, TrainResult
 
 
 class Trainer:

@@ -140,7 +140,11 @@ def test_interrupted_batched_run_resumes_bitwise(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_runs(
-            specs(cfg, data, tmp_path / "cut"), data, batched=True, progress=False, on_step=crash
+            specs(cfg, data, tmp_path / "cut"),
+            data,
+            batched=True,
+            progress=False,
+            hooks=Hooks(after_step=[crash]),
         )
     assert all(load_checkpoint(tmp_path / "cut" / f"run{i}" / "checkpoints" / "last.pt")["step"]
                == 20 for i in range(3))  # fmt: skip

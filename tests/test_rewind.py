@@ -41,3 +41,29 @@ def test_sweep_shares_the_dense_run_and_matches_standalone_imp(tmp_path):
     )
     names = {p.name for p in write_report(tmp_path / "sweep")}
     assert {"rewind_accuracy.png", "rewind_overlap.png", "report.md"} <= names
+
+
+def test_batched_sweep_matches_the_sweep_and_reruns_either_way(tmp_path):
+    """--batched sends every rewind point's round to the engine at once (each point's ticket and
+    controls stack); the records equal the plain sweep's to float tolerance, and either mode
+    resumes the other's folder."""
+    cfg = tiny(steps=40)
+    imp = IMPConfig(rounds=2, fraction=0.5, scope="layer", controls=("random-prune",))
+    plain = rewind_sweep(cfg, imp, [0, 20], tmp_path / "plain", progress=False)
+    imp.batched = True
+    batched = rewind_sweep(cfg, imp, [0, 20], tmp_path / "batched", progress=False)
+    for k in ("0", "20"):
+        for a, b in zip(plain["runs"][k], batched["runs"][k], strict=True):
+            assert a["percent_remaining"] == b["percent_remaining"]
+            assert abs(a["test_accuracy"] - b["test_accuracy"]) <= 0.01
+            control = a["controls"].get("random-prune", {}).get("test_accuracy")
+            other = b["controls"].get("random-prune", {}).get("test_accuracy")
+            assert (control is None) == (other is None)
+            assert control is None or abs(control - other) <= 0.01
+        first = f"rewind_{int(k):07d}/round_01/mask.npz"  # pruned from the shared dense run
+        assert Mask.load(tmp_path / "plain" / first).equal(Mask.load(tmp_path / "batched" / first))
+    imp.batched = False
+    assert (
+        rewind_sweep(cfg, imp, [0, 20], tmp_path / "batched", progress=False)["runs"]
+        == (batched["runs"])
+    )

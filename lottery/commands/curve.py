@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.build import load_data
-from lottery.cli import COMMANDS, _floats, add_train_args, config_from_args
+from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_floats
 from lottery.curves import SPARSITIES, methods, run_curve
 from lottery.runfolder import check_writable, hold
 
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sparsities",
-        type=_floats,
+        type=parse_floats,
         default=SPARSITIES,
         help="comma-separated sparsities in [0, 1) (default 0, 0.05, ..., 0.95)",
     )

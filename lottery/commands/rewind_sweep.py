@@ -32,13 +32,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated rewind steps k, e.g. 0,100,500,2000",
     )
     add_pruning_args(p)
+    p.add_argument(
+        "--batched",
+        action="store_true",
+        help="train each round's runs of every rewind point in one engine call, stacking those "
+        "that share a step (a point's ticket and controls) as one model",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     check_writable(args.out, "--out")
-    imp = IMPConfig(**pruning_settings(args), reset="rewind")
+    imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)
     for k in sorted(set(args.rewind_steps)):  # every point's settings, before the dense run
