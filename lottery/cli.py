@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lottery.config import LR_SCHEDULES, OPTIMIZERS, ConfigError, TrainConfig
 from lottery.data import DATASETS
+from lottery.masks import MaskError, check_granularity
 
 COMMANDS = (
     "train",
@@ -24,6 +25,7 @@ COMMANDS = (
     "instability",
     "curve",
     "report",
+    "at-init",
 )
 
 # Per-model training defaults from the papers, used where the user gives no flag.
@@ -68,6 +70,14 @@ def parse_scales(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(f"expected NAME=MULTIPLIER, got {item!r}")
         out[name.strip()] = float(value)
     return out
+
+
+def parse_granularity(text: str) -> str:
+    """`--granularity`: weight, filter, channel, or an N:M pattern such as 2:4."""
+    try:
+        return check_granularity(text)
+    except MaskError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _floats(text: str) -> tuple[float, ...]:

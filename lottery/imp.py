@@ -24,14 +24,26 @@ from lottery import distributed
 from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.criteria import CRITERIA, Context, check, score, training_batches
 from lottery.data import Splits
-from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
+from lottery.masks import (
+    Mask,
+    MaskError,
+    check_granularity,
+    check_rate,
+    load_sparse,
+    prune,
+    random_mask_like,
+    save_sparse,
+)
 from lottery.models import output_layer_name, prunable_names
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
 from lottery.trainer import StartState, TrainResult, resolve_device
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
 CONTROLS = ("random-reinit", "random-prune")
+# What a round's pruning can offer a criterion (scores accumulated in training are not kept).
+CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
 
 
 @dataclass
@@ -64,6 +76,11 @@ class IMPConfig:
             raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {CONTROLS}")
         if self.fraction is not None:
             check_rate(self.fraction, "prune fraction per round")
+        try:
+            check_granularity(self.granularity)
+            check(self.criterion, CONTEXT)
+        except MaskError as e:
+            raise ConfigError(str(e)) from None
         if self.rewind_step < 0:
             raise ConfigError(f"rewind step must be >= 0, got {self.rewind_step}")
 
@@ -143,9 +160,10 @@ def _search(
     for r in range(1, imp.rounds + 1):
         prev = [_final_weights(out / f"round_{r - 1:02d}" / "ticket") for out in outs]
         masks = [
-            _next_mask(out / f"round_{r:02d}", m, p, imp, seed=cfg.init_seed * 1000 + r)
-            for out, m, p, cfg in zip(outs, masks, prev, cfgs, strict=True)
-        ]
+            _next_mask(out / f"round_{r:02d}", m, p, imp, seed=cfg.init_seed * 1000 + r,
+                       context=(cfg, data, t0.model, tk.model))
+            for out, m, p, cfg, t0, tk in zip(outs, masks, prev, cfgs, theta_0, theta_k, strict=True)
+        ]  # fmt: skip
         resets = [_reset(imp, *a, k) for a in zip(cfgs, theta_0, theta_k, prev, strict=True)]
         starts, round_cfgs = [s for s, _ in resets], [c for _, c in resets]
         rows = _rounds(r, outs, round_cfgs, data, masks, starts, imp, progress)
@@ -262,11 +280,17 @@ def _control(
     return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
 
 
-def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int) -> Mask:
-    """Prune the previous round's final weights; stored once, so a resumed search reuses it."""
+def _next_mask(
+    rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int, context: tuple
+) -> Mask:
+    """Prune the previous round's final weights; stored once, so a resumed search reuses it.
+
+    `context` (config, data, θ0 and θk state dicts) feeds criteria that look beyond the weights.
+    """
 
     def make() -> Mask:
-        scores = score({n: weights[n] for n in mask.names()}, imp.criterion, seed=seed)
+        ctx = _criterion_context(mask, weights, imp, seed, *context)
+        scores = score(imp.criterion, ctx, seed=seed)
         return prune(
             mask,
             scores,
@@ -277,6 +301,36 @@ def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int)
         )
 
     return _load_or_make_mask(rdir / "mask.npz", make)
+
+
+def _criterion_context(
+    mask: Mask,
+    weights: dict,
+    imp: IMPConfig,
+    seed: int,
+    cfg: TrainConfig,
+    data: Splits,
+    theta_0: dict,
+    theta_k: dict,
+) -> Context:
+    """What a criterion may use at a round's pruning: the final weights, θ0 (θk when rewinding),
+    the trained model, seeded training batches and the round's approximate target sparsity."""
+    device = data.train_x.device
+    names = mask.names()
+    model = None
+    if "model" in CRITERIA[imp.criterion].needs:
+        model = make_model(cfg, data).to(device)
+        model.load_state_dict(weights)
+    return Context(
+        weights={n: weights[n].to(device) for n in names},
+        initial={n: theta_0[n] for n in names},
+        rewind={n: theta_k[n] for n in names} if imp.reset == "rewind" else None,
+        model=model,
+        mask=mask.to(device),
+        sparsity=1.0 - mask.density() * (1.0 - imp.fraction),
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
+        input_shape=data.input_shape,
+    )
 
 
 def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:

@@ -419,6 +419,12 @@ class Trainer:
             mininterval=0.5,
         )
         graphs = bool(self.cfg.extra.get("cuda_graphs"))
+        after_backward = getattr(self.pruner, "after_backward", None)
+        tracked = [
+            (n, p)
+            for n, p in self.model.named_parameters()
+            if after_backward is not None and (self.mask is None or n in self.mask.tensors)
+        ]
         for s in range(step, self.total):
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -427,6 +433,8 @@ class Trainer:
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if after_backward is not None:  # e.g. movement pruning's −Σ g·w (Sanh et al. 2020)
+                after_backward(s, dict(tracked), {n: p.grad for n, p in tracked})
             opt.step()
             sched.step()
             if masked is not None:

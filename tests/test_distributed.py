@@ -22,7 +22,8 @@ from lottery import distributed
 from lottery.build import load_data, make_model
 from lottery.cli import main as cli_main
 from lottery.config import ConfigError, TrainConfig
-from lottery.masks import Mask, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, prune
 from lottery.storage import CheckpointError, load_checkpoint
 from lottery.trainer import Trainer, evaluate
 
@@ -41,7 +42,11 @@ class MagnitudeAt:
 
     def update(self, step: int, model: torch.nn.Module, mask: Mask) -> Mask:
         params = dict(model.named_parameters())
-        return prune(mask, score({n: params[n].detach() for n in mask.names()}), fraction=0.3)
+        return prune(
+            mask,
+            score("magnitude", Context({n: params[n].detach() for n in mask.names()})),
+            fraction=0.3,
+        )
 
     def state_dict(self) -> dict:
         return {}
@@ -55,7 +60,7 @@ def train_and_dump(cfg: TrainConfig, out: Path) -> None:
     data = load_data(cfg)
     model = make_model(cfg, data)
     mask = Mask.ones(model)
-    mask = prune(mask, score(mask.tensors, "random", seed=1), fraction=0.5)
+    mask = prune(mask, score("random", Context(mask.tensors), seed=1), fraction=0.5)
     trainer = Trainer(
         cfg, data, model, out / "run", mask=mask, pruner=MagnitudeAt(), progress=False
     )

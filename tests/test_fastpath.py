@@ -12,7 +12,8 @@ from lottery.batched import RunSpec, train_runs
 from lottery.build import load_data, make_model
 from lottery.cli import add_train_args, config_from_args, main
 from lottery.config import ConfigError
-from lottery.masks import Mask, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, prune
 from lottery.storage import load_checkpoint
 from lottery.trainer import Trainer, compiled, memory_format
 from tests.conftest import tiny
@@ -80,7 +81,9 @@ def test_channels_last_on_cuda_and_switch_off(tmp_path):
 def magnitude_mask(model: torch.nn.Module, fraction: float) -> Mask:
     ones = Mask.ones(model)
     weights = dict(model.named_parameters())
-    return prune(ones, score({n: weights[n] for n in ones.names()}), fraction=fraction)
+    return prune(
+        ones, score("magnitude", Context({n: weights[n] for n in ones.names()})), fraction=fraction
+    )
 
 
 @cuda
@@ -119,7 +122,9 @@ def test_pruning_stays_on_the_device():
     model = make_model(cfg, data).cuda()
     weights = dict(model.named_parameters())
     mask = Mask.ones(model).to("cuda")
-    new = prune(mask, score({n: weights[n] for n in mask.names()}), fraction=0.5)
+    new = prune(
+        mask, score("magnitude", Context({n: weights[n] for n in mask.names()})), fraction=0.5
+    )
     assert all(t.device.type == "cuda" for t in new.tensors.values())
     assert new.density() == pytest.approx(0.5, abs=0.01)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from lottery import distributed
 from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args, parse_scales
+from lottery.cli import add_train_args, config_from_args, parse_granularity, parse_scales
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError
-from lottery.masks import GRANULARITIES, SCOPES, SCORERS, Mask, save_sparse
+from lottery.criteria import CRITERIA, training_batches
+from lottery.masks import SCOPES, Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length
 from lottery.schedules import SCHEDULES
 from lottery.storage import load_checkpoint
@@ -38,15 +39,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mask update frequency: a number of steps, or 'epoch' (default 100)",
     )
     g.add_argument("--scope", choices=SCOPES, default="layer", help="per layer, or one threshold")
-    g.add_argument("--granularity", choices=GRANULARITIES, default="weight")
-    g.add_argument("--criterion", choices=sorted(SCORERS), default="magnitude")
+    g.add_argument(
+        "--granularity",
+        type=parse_granularity,
+        default="weight",
+        help="weight, filter, channel or N:M (e.g. 2:4: at most N kept in M consecutive inputs)",
+    )
+    g.add_argument("--criterion", choices=sorted(CRITERIA), default="magnitude")
     g.add_argument(
         "--rate-scale",
         type=parse_scales,
         default={},
         help="per-tensor multipliers of the target, e.g. classifier.4.weight=0.5 (0: unpruned)",
     )
-    g.add_argument("--prune-seed", type=int, default=0, help="seed of random scoring")
+    g.add_argument(
+        "--prune-seed", type=int, default=0, help="seed of random scoring and scoring batches"
+    )
     p.set_defaults(func=run)
 
 
@@ -80,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         rate_scale=args.rate_scale,
         seed=args.prune_seed,
         log_path=out / "pruning.jsonl",
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, args.prune_seed),
+        input_shape=data.input_shape,
     )
     cfg = cfg.replace(extra={**cfg.extra, "pruning": pruner.settings()})
     model = make_model(cfg, data)
