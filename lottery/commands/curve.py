@@ -66,7 +66,9 @@ def _names(text: str) -> list[str]:
     return [m for m in text.split(",") if m]
 
 
-def grid(criteria: list[str] | None, granularities: list[str] | None, scopes: list[str] | None):
+def grid(
+    criteria: list[str] | None, granularities: list[str] | None, scopes: list[str] | None
+) -> list[str]:
     """Method names SCOPE/GRANULARITY/CRITERION for every combination of the given lists."""
     return [
         f"{s}/{g}/{c}"
