@@ -45,7 +45,7 @@ from lottery.masks import (
     save_sparse,
 )
 from lottery.storage import load_checkpoint, provenance, read_json, write_json
-from lottery.trainer import TrainResult
+from lottery.trainer import Trainer, TrainResult
 
 CONTROLS = ("layer-shuffle", "reinit", "invert")
 PRUNED = "pruned"  # the run of the criterion's own mask
@@ -134,6 +134,7 @@ def run_at_init(
         granularity=settings.granularity,
         rate_scale=settings.rate_scale,
     )  # a dry run: a layer N:M cannot apply to, or a rate for a missing layer, fails here
+    Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
     for c, o in zip(cfgs, outs, strict=True):
         _write_settings(o, c, settings)
 

@@ -22,6 +22,7 @@ from lottery.masks import Mask, MaskError, prune
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 Scores = dict[str, torch.Tensor]
 SYNFLOW_ITERATIONS = 100  # Tanaka et al. (NeurIPS 2020) prune in 100 iterations
+GRASP_TEMPERATURE = 200.0  # logits / T in GraSP's loss (Wang et al., ICLR 2020, released code)
 
 
 @dataclass
@@ -143,40 +144,50 @@ def movement_pruning(ctx: Context, gen: torch.Generator | None = None) -> Scores
 # Gradient criteria at initialisation: SNIP, GraSP, SynFlow.
 
 
-def _loss(model: nn.Module, tensors: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor):
-    """Mean cross-entropy with `tensors` standing in for the model's own (buffers copied, so
-    BatchNorm statistics of the model stay untouched)."""
+def _loss(
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of logits / temperature with `tensors` standing in for the model's own
+    (buffers copied, so BatchNorm statistics of the model stay untouched)."""
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     dtype = next(iter(tensors.values())).dtype
     out = functional_call(model, {**buffers, **tensors}, (x.to(dtype),))
-    return F.cross_entropy(out, y)
+    return F.cross_entropy(out / temperature, y)
 
 
 def _leaves(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {n: w.detach().clone().requires_grad_(True) for n, w in weights.items()}
 
 
-def gradients(model: nn.Module, weights: dict[str, torch.Tensor], batches) -> Scores:
+def gradients(
+    model: nn.Module, weights: dict[str, torch.Tensor], batches, temperature: float = 1.0
+) -> Scores:
     """g = Σ_b ∂L_b/∂w over the given batches, with `weights` in place of the model's own."""
     leaves = _leaves(weights)
     total = {n: torch.zeros_like(w) for n, w in leaves.items()}
     for x, y in batches:
-        grads = torch.autograd.grad(_loss(model, leaves, x, y), list(leaves.values()))
+        loss = _loss(model, leaves, x, y, temperature)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
         for n, g in zip(leaves, grads, strict=True):
             total[n] += g
     return total
 
 
-def hessian_gradient(model: nn.Module, weights: dict[str, torch.Tensor], batches) -> Scores:
+def hessian_gradient(
+    model: nn.Module, weights: dict[str, torch.Tensor], batches, temperature: float = 1.0
+) -> Scores:
     """Hg by double back-propagation (Wang, Zhang & Grosse, ICLR 2020): H and g of Σ_b L_b."""
     batches = list(batches)
-    g = gradients(model, weights, batches)
+    g = gradients(model, weights, batches, temperature)
     leaves = _leaves(weights)
     total = {n: torch.zeros_like(w) for n, w in leaves.items()}
     for x, y in batches:
-        grads = torch.autograd.grad(
-            _loss(model, leaves, x, y), list(leaves.values()), create_graph=True
-        )
+        loss = _loss(model, leaves, x, y, temperature)
+        grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
         z = sum((g[n] * gr).sum() for n, gr in zip(leaves, grads, strict=True))
         for n, hg in zip(leaves, torch.autograd.grad(z, list(leaves.values())), strict=True):
             total[n] += hg
@@ -194,10 +205,11 @@ def snip(ctx: Context, gen: torch.Generator | None = None) -> Scores:
 
 def grasp(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     """w ⊙ Hg, i.e. −S of GraSP (Wang, Zhang & Grosse, ICLR 2020), which prunes the weights with
-    the HIGHEST S = −w ⊙ Hg; returning −S keeps the engine's rule "prune the lowest"."""
+    the HIGHEST S = −w ⊙ Hg; returning −S keeps the engine's rule "prune the lowest". The loss
+    takes the logits at GraSP's temperature of 200."""
     assert ctx.model is not None and ctx.batches is not None
     w = ctx.masked(ctx.weights)
-    hg = hessian_gradient(ctx.model, w, ctx.batches(ctx.score_batches))
+    hg = hessian_gradient(ctx.model, w, ctx.batches(ctx.score_batches), GRASP_TEMPERATURE)
     return {n: w[n] * hg[n] for n in w}
 
 

@@ -110,6 +110,7 @@ def test_batched_matches_separate_runs(tmp_path):
         (["--granularity", "2:4", "--model", "conv2"], "not a multiple of 4"),
         (["--rate-scale", "nope.weight=0"], "does not cover"),
         (["--sparsities", "0.5,0.5"], "distinct"),
+        (["--save-at", "99999"], "beyond the end of training"),
     ],
 )
 def test_bad_settings_exit_2_and_write_nothing(tmp_path, capsys, extra, message):

@@ -10,6 +10,7 @@ from torch import nn
 
 from lottery.criteria import (
     CRITERIA,
+    GRASP_TEMPERATURE,
     SYNFLOW_ITERATIONS,
     Context,
     hessian_gradient,
@@ -123,6 +124,7 @@ def test_grasp_hessian_gradient_product_matches_finite_differences():
         fd = (p - m) / (2 * eps)
         assert float((hg[n] - fd).norm() / fd.norm()) < 1e-4, n
     ctx = Context(weights, model=model, batches=lambda k: iter([(x, y)] * k))
+    hg = hessian_gradient(model, weights, [(x, y)], temperature=GRASP_TEMPERATURE)
     for n in names:
         # GraSP prunes the highest S = -w * Hg; the engine keeps the highest, so it gets -S
         torch.testing.assert_close(score("grasp", ctx)[n], weights[n] * hg[n])
