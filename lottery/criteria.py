@@ -262,14 +262,13 @@ def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
             ctx.sparsity if k == SYNFLOW_ITERATIONS else 1.0 - density ** (k / SYNFLOW_ITERATIONS)
         )
         new = prune(mask, s, sparsity=target, scope="global")
-        for n in names:
-            gone = mask.tensors[n] & ~new.tensors[n]
-            removed[n][gone] = k
+        for n in names:  # torch.where, not boolean indexing: one pass per tensor
             alive = mask.tensors[n]
-            last[n][alive] = s[n][alive]
+            removed[n] = torch.where(alive & ~new.tensors[n], k, removed[n])
+            last[n] = torch.where(alive, s[n], last[n])
         mask = new
     for n in names:
-        removed[n][mask.tensors[n]] = SYNFLOW_ITERATIONS + 1
+        removed[n] = torch.where(mask.tensors[n], SYNFLOW_ITERATIONS + 1, removed[n])
     flat = torch.cat([last[n].reshape(-1) for n in names])
     ranks = torch.empty_like(flat)
     ranks[torch.argsort(flat, stable=True)] = torch.arange(
