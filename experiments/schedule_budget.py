@@ -46,7 +46,7 @@ RECIPES: dict[str, dict] = {
     "one-cycle": {"name": "one-cycle"},
 }
 DENSE = "dense (no pruning)"
-# Hubens' blog (Imagenette, ResNet-18, 10 epochs, one seed): test accuracy in %, from REFERENCE.md.
+# Hubens' blog post on the study (Imagenette, ResNet-18, 10 epochs, one seed): test accuracy in %.
 BLOG = {
     "one-shot (at 40%)": 75.5,
     "iterative (from 20%)": 66.9,

@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "report": "figures, tables (markdown, CSV, JSON) and multi-seed statistics of results",
     "export": "export a pruned run for inference: compact, sparse (CSR), 2:4 or dense",
     "speed": "time inference of a pruned run: dense vs compact, sparse and 2:4, and vs sparsity",
+    "at-init": "prune at initialization (SNIP, GraSP, SynFlow, ...) and train, with sanity checks",
 }
 
 
@@ -53,6 +54,16 @@ def parse_scales(text: str) -> dict[str, float]:
             raise argparse.ArgumentTypeError(f"expected NAME=MULTIPLIER, got {item!r}")
         out[name.strip()] = float(value)
     return out
+
+
+def parse_granularity(text: str) -> str:
+    """`--granularity`: weight, filter, channel, or an N:M pattern such as 2:4."""
+    from lottery.masks import MaskError, check_granularity  # torch loads only when parsing
+
+    try:
+        return check_granularity(text)
+    except MaskError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_floats(text: str) -> tuple[float, ...]:

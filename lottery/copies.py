@@ -119,6 +119,9 @@ class SingleCopy:
     def grads(self, i: int) -> dict[str, torch.Tensor]:
         return {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
 
+    def module(self, i: int) -> nn.Module:
+        return self.model
+
     def set_mask(self, i: int, mask: Mask) -> None:
         self.runs[0].mask = mask
         mask.apply_(self.model, self.optimizer)
@@ -239,6 +242,14 @@ class StackedCopies:
 
     def grads(self, i: int) -> dict[str, torch.Tensor]:
         return {n: p.grad[i] for n, p in self.params.items() if p.grad is not None}
+
+    @torch.no_grad()
+    def module(self, i: int) -> nn.Module:
+        """Copy i as a plain module (its run's own, refreshed with the copy's current tensors)."""
+        own = self.runs[i].model
+        for n, t in own.state_dict(keep_vars=True).items():
+            t.copy_({**self.params, **self.buffers}[n][i])
+        return own
 
     @torch.no_grad()
     def set_mask(self, i: int, mask: Mask) -> None:

@@ -4,12 +4,15 @@ Each method prunes the trained weights once to every sparsity with the shared ma
 evaluates the result without retraining: layer-wise unstructured magnitude (L1), layer-wise
 structured filters by their Ln norm, global unstructured magnitude, and layer-wise random pruning
 as the control (torch.nn.utils.prune's conventions; on a trained ResNeXt-50 such curves hold to
-~40-50%, ~5-10% and ~80% sparsity respectively). The output layer stays dense by default: one of
-its filters is a whole class (OpenLTH leaves it unpruned too).
+~40-50%, ~5-10% and ~80% sparsity respectively). Any other method is named
+SCOPE/GRANULARITY/CRITERION (e.g. global/2:4/snip): every criterion × granularity × scope.
+The output layer stays dense by default: one of its filters is a whole class (OpenLTH leaves it
+unpruned too).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import tempfile
@@ -22,13 +25,24 @@ from torch import nn
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.copies import evaluate
+from lottery.criteria import Context, check, score, training_batches
 from lottery.data import Splits
-from lottery.masks import Mask, baked_state_dict, load_sparse, prune, save_sparse, score
+from lottery.masks import (
+    SCOPES,
+    Mask,
+    baked_state_dict,
+    check_granularity,
+    load_sparse,
+    prune,
+    save_sparse,
+)
 from lottery.models import output_layer_name
 from lottery.rewind import train_dense
 from lottery.storage import load_checkpoint, read_json, write_json
 
 SPARSITIES = tuple(round(0.05 * i, 2) for i in range(20))  # 0%, 5%, ..., 95%
+# What a curve can offer a criterion: θ0 (rebuilt from the run's seed), the model, batches.
+CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,22 @@ def methods(norm: float = 2.0) -> dict[str, Method]:
     }
 
 
+def resolve_method(name: str, norm: float = 2.0) -> Method:
+    """A method of `methods`, or any SCOPE/GRANULARITY/CRITERION such as global/2:4/snip."""
+    table = methods(norm)
+    if name in table:
+        return table[name]
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] not in SCOPES:
+        raise ConfigError(
+            f"unknown pruning method {name!r}; choose from {list(table)} or "
+            f"SCOPE/GRANULARITY/CRITERION with SCOPE in {SCOPES}"
+        )
+    check_granularity(parts[1])
+    check(parts[2], CONTEXT)
+    return Method(name, *parts)
+
+
 def one_shot_mask(
     model: nn.Module,
     method: Method,
@@ -60,11 +90,17 @@ def one_shot_mask(
     seed: int = 0,
     norm: float = 2.0,
     prune_output: bool = False,
+    context: Context | None = None,
 ) -> Mask:
-    """Prune `model`'s current weights once to `sparsity` with `method`."""
+    """Prune `model`'s current weights once to `sparsity` with `method`; `context` supplies what
+    criteria beyond the weights need (θ0, batches, input shape)."""
     mask = Mask.ones(model)
     params = dict(model.named_parameters())
-    scores = score({n: params[n] for n in mask.names()}, method.criterion, seed=seed)
+    weights = {n: params[n].detach() for n in mask.names()}
+    ctx = Context(weights, model=model, sparsity=sparsity)
+    if context is not None:
+        ctx = dataclasses.replace(context, weights=weights, model=model, sparsity=sparsity)
+    scores = score(method.criterion, ctx, seed=seed)
     out = output_layer_name(model)
     rate_scale = {out: 0.0} if out in mask.tensors and not prune_output else None
     return prune(
@@ -87,26 +123,29 @@ def pruning_curve(
     seed: int = 0,
     norm: float = 2.0,
     prune_output: bool = False,
+    context: Context | None = None,
 ) -> list[dict]:
     """Test loss and accuracy of `model` pruned one-shot by each method at each sparsity.
 
     Rows carry the change relative to the dense model (sparsity 0 reproduces it exactly) and
     the actual sparsity over all prunable weights (the output layer, kept dense, lowers it).
     """
-    table = methods(norm)
-    names = names or list(table)
-    unknown = [n for n in names if n not in table]
-    if unknown:
-        raise ConfigError(f"unknown pruning method {unknown[0]!r}; choose from {list(table)}")
+    table = {n: resolve_method(n, norm) for n in names or methods(norm)}
     trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dense_loss, dense_acc = evaluate(model, data.test_x, data.test_y)
     rows = []
     try:
-        for name in names:
+        for name in table:
             for s in sparsities:
                 model.load_state_dict(trained)
                 mask = one_shot_mask(
-                    model, table[name], s, seed=seed, norm=norm, prune_output=prune_output
+                    model,
+                    table[name],
+                    s,
+                    seed=seed,
+                    norm=norm,
+                    prune_output=prune_output,
+                    context=context,
                 )
                 mask.apply_(model)
                 loss, acc = evaluate(model, data.test_x, data.test_y)
@@ -152,17 +191,22 @@ def sizes_on_disk(
     seed: int = 0,
     norm: float = 2.0,
     prune_output: bool = False,
+    context: Context | None = None,
 ) -> list[Size]:
     """For each sparsity: bytes of the pruned dense state dict, of its gzip, and of save_sparse."""
-    table = methods(norm)
-    if method not in table:
-        raise ConfigError(f"unknown pruning method {method!r}; choose from {list(table)}")
+    chosen = resolve_method(method, norm)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "weights.npz"
         for s in sparsities:
             mask = one_shot_mask(
-                model, table[method], s, seed=seed, norm=norm, prune_output=prune_output
+                model,
+                chosen,
+                s,
+                seed=seed,
+                norm=norm,
+                prune_output=prune_output,
+                context=context,
             )
             state = baked_state_dict(model, mask)
             dense = state_bytes(state)
@@ -214,16 +258,29 @@ def run_curve(
     dense network trained with `cfg` in out/dense.
     """
     out = Path(out)
+    for name in [*(names or []), size_method]:  # refuse unknown methods before any work
+        resolve_method(name, norm)
     if source is None:
         source = out / "dense"
         train_dense(cfg, [], source, progress=progress)
     cfg, state = trained_run(source)
     data = load_data(cfg)
     model = make_model(cfg, data).to(data.test_x.device)
+    initial = {n: p.detach().to(data.test_x.device) for n, p in model.named_parameters()}
     model.load_state_dict(state)
+    context = Context(
+        {},
+        initial=initial,
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
+        input_shape=data.input_shape,
+    )
     options = {"seed": seed, "norm": norm, "prune_output": prune_output}
-    rows = pruning_curve(model, data, names=names, sparsities=sparsities, **options)
-    sizes = sizes_on_disk(model, method=size_method, sparsities=sparsities, **options)
+    rows = pruning_curve(
+        model, data, names=names, sparsities=sparsities, context=context, **options
+    )
+    sizes = sizes_on_disk(
+        model, method=size_method, sparsities=sparsities, context=context, **options
+    )
     result = {
         "source": str(source),
         "model": cfg.model,

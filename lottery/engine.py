@@ -75,7 +75,7 @@ def prune(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
     """Copy i's gradual pruner extends its mask at `step` (same mask on every rank)."""
     run = copies.runs[i]
     base = run.mask if run.mask is not None else Mask.ones(run.model)
-    mask = run.pruner.update(step, copies.weights(i), base).to(run.device)
+    mask = run.pruner.update(step, copies.module(i), base).to(run.device)
     copies.set_mask(i, distributed.broadcast_mask(mask))
     for hook in hooks.at_pruning:
         hook(run, step, run.mask)
@@ -124,7 +124,7 @@ class Engine:
         any_prune, any_save = set().union(*prune_at), set().union(*(r.save_at for r in runs))
         after_backward = list(hooks.after_backward)
         for i, r in enumerate(runs):
-            if hasattr(r.pruner, "after_backward"):
+            if getattr(r.pruner, "tracks_gradients", False):
                 after_backward.append(
                     lambda s, i=i, p=r.pruner: p.after_backward(s, c.weights(i), c.grads(i))
                 )

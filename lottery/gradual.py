@@ -20,6 +20,7 @@ from lottery import distributed, layout
 from lottery.build import make_model
 from lottery.checks import check_rate_scale
 from lottery.config import TrainConfig
+from lottery.criteria import training_batches
 from lottery.data import Splits
 from lottery.engine import Hooks, train_runs
 from lottery.masks import Mask, save_sparse
@@ -75,6 +76,8 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
         rate_scale=settings.rate_scale,
         seed=settings.seed,
         log_path=Path(run.out) / layout.PRUNING_LOG,
+        batches=training_batches(data.train_x, data.train_y, run.cfg.batch_size, settings.seed),
+        input_shape=data.input_shape,
     )
     cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": pruner.settings()})
     return RunSpec(cfg, Path(run.out), model, record=run.record, pruner=pruner)

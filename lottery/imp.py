@@ -25,10 +25,20 @@ from lottery import distributed, layout
 from lottery.build import load_data, make_model
 from lottery.checks import check_rate_scale
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
+from lottery.criteria import CRITERIA, Context, check, score, training_batches
 from lottery.data import Splits
 from lottery.device import resolve_device
 from lottery.engine import train_runs
-from lottery.masks import Mask, check_rate, load_sparse, prune, random_mask_like, save_sparse, score
+from lottery.masks import (
+    Mask,
+    MaskError,
+    check_granularity,
+    check_rate,
+    load_sparse,
+    prune,
+    random_mask_like,
+    save_sparse,
+)
 from lottery.models import output_layer_name, prunable_names
 from lottery.pruner import run_length
 from lottery.run import RunSpec, StartState, TrainResult
@@ -60,6 +70,8 @@ def random_prune_seed(init_seed: int, r: int) -> int:
 
 
 CONTROLS = ("random-reinit", "random-prune")
+# What a round's pruning can offer a criterion (scores accumulated in training are not kept).
+CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
 
 
 @dataclass
@@ -91,6 +103,11 @@ class IMPConfig:
             raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {CONTROLS}")
         if self.fraction is not None:
             check_rate(self.fraction, "prune fraction per round")
+        try:
+            check_granularity(self.granularity)
+            check(self.criterion, CONTEXT)
+        except MaskError as e:
+            raise ConfigError(str(e)) from None
         if self.rewind_step < 0:
             raise ConfigError(f"rewind step must be >= 0, got {self.rewind_step}")
         if self.reset == "init" and self.rewind_step:
@@ -226,9 +243,11 @@ def _loop(
     for r in range(1, imps[0].rounds + 1):
         prev = [_final_weights(layout.ticket_dir(out, r - 1)) for out in outs]
         masks = [
-            _next_mask(layout.round_dir(out, r), m, p, imp, seed=mask_seed(cfg.init_seed, r))
-            for out, m, p, cfg, imp in zip(outs, masks, prev, cfgs, imps, strict=True)
-        ]
+            _next_mask(layout.round_dir(out, r), m, p, imp, seed=mask_seed(cfg.init_seed, r),
+                       context=(cfg, data, t0.model, tk.model))
+            for out, m, p, cfg, imp, t0, tk in zip(outs, masks, prev, cfgs, imps, theta_0,
+                                                    theta_k, strict=True)
+        ]  # fmt: skip
         resets = [_reset(*a) for a in zip(imps, cfgs, theta_0, theta_k, prev, ks, strict=True)]
         starts, round_cfgs = [s for s, _ in resets], [c for _, c in resets]
         rows = _rounds(r, outs, round_cfgs, data, masks, starts, imps, progress)
@@ -364,11 +383,17 @@ def _control(
     return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
 
 
-def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int) -> Mask:
-    """Prune the previous round's final weights; stored once, so a resumed search reuses it."""
+def _next_mask(
+    rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int, context: tuple
+) -> Mask:
+    """Prune the previous round's final weights; stored once, so a resumed search reuses it.
+
+    `context` (config, data, θ0 and θk state dicts) feeds criteria that look beyond the weights.
+    """
 
     def make() -> Mask:
-        scores = score({n: weights[n] for n in mask.names()}, imp.criterion, seed=seed)
+        ctx = _criterion_context(mask, weights, imp, seed, *context)
+        scores = score(imp.criterion, ctx, seed=seed)
         return prune(
             mask,
             scores,
@@ -379,6 +404,36 @@ def _next_mask(rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int)
         )
 
     return _load_or_make_mask(rdir / "mask.npz", make)
+
+
+def _criterion_context(
+    mask: Mask,
+    weights: dict,
+    imp: IMPConfig,
+    seed: int,
+    cfg: TrainConfig,
+    data: Splits,
+    theta_0: dict,
+    theta_k: dict,
+) -> Context:
+    """What a criterion may use at a round's pruning: the final weights, θ0 (θk when rewinding),
+    the trained model, seeded training batches and the round's approximate target sparsity."""
+    device = data.train_x.device
+    names = mask.names()
+    model = None
+    if "model" in CRITERIA[imp.criterion].needs:
+        model = make_model(cfg, data).to(device)
+        model.load_state_dict(weights)
+    return Context(
+        weights={n: weights[n].to(device) for n in names},
+        initial={n: theta_0[n] for n in names},
+        rewind={n: theta_k[n] for n in names} if imp.reset == "rewind" else None,
+        model=model,
+        mask=mask.to(device),
+        sparsity=1.0 - mask.density() * (1.0 - imp.fraction),
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
+        input_shape=data.input_shape,
+    )
 
 
 def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:

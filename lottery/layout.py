@@ -30,6 +30,7 @@ SUMMARY = "summary.json"  # per-round results, refreshed after every round
 TICKET = "ticket"
 
 # Other studies.
+AT_INIT = "at_init.json"  # a pruning-at-initialization study's settings
 REWIND_SWEEP = "rewind_sweep.json"
 DENSE = "dense"
 INSTABILITY = "instability.json"
@@ -80,6 +81,11 @@ def rewind_dir(out: Path, step: int) -> Path:
     return Path(out) / f"rewind_{step:07d}"
 
 
+def sparsity_dir(out: Path, sparsity: float) -> Path:
+    """An at-init study's folder for one sparsity (its mask, the pruned run and the controls)."""
+    return Path(out) / f"sparsity_{sparsity:.4f}"
+
+
 def _numbered(folder: Path, pattern: re.Pattern, require: str | None = None) -> list[Path]:
     """Sub-folders named by `pattern` (holding `require`, if given), in numeric order."""
     folder = Path(folder)
@@ -121,7 +127,7 @@ def is_search(path: Path) -> bool:
 
 
 def kind(path: Path) -> str | None:
-    """What a folder holds: run, search, seeds, sweep, instability, curve; None if unknown."""
+    """What a folder holds: run, search, seeds, sweep, instability, curve, at-init; or None."""
     path = Path(path)
     if (path / REWIND_SWEEP).exists():
         return "sweep"
@@ -129,6 +135,8 @@ def kind(path: Path) -> str | None:
         return "instability"
     if (path / CURVE).exists():
         return "curve"
+    if (path / AT_INIT).exists():
+        return "at-init"
     if is_search(path):
         return "search"
     if is_run(path):

@@ -199,50 +199,59 @@ class Mask:
 
 
 # ---------------------------------------------------------------------------------------------
-# Scores: higher = more important. A scorer maps weights by name to same-shaped score tensors.
-
-Scorer = Callable[[dict[str, torch.Tensor], torch.Generator | None], dict[str, torch.Tensor]]
-
-
-def magnitude_scores(
-    weights: dict[str, torch.Tensor], generator: torch.Generator | None = None
-) -> dict[str, torch.Tensor]:
-    """|w|: the LTH criterion (Frankle & Carbin 2019)."""
-    return {n: w.detach().abs() for n, w in weights.items()}
+# Granularity: single weights, whole filters or input channels (by Ln norm), or N:M patterns.
+# Scores come from lottery.criteria (higher = keep).
 
 
-def random_scores(
-    weights: dict[str, torch.Tensor], generator: torch.Generator | None = None
-) -> dict[str, torch.Tensor]:
-    """Uniform noise from a seeded CPU generator: the random-pruning control."""
-    if generator is None:
-        raise MaskError("random scoring needs a seeded generator for reproducibility")
-    return {n: torch.rand(w.shape, generator=generator).to(w.device) for n, w in weights.items()}
+def parse_nm(granularity: str) -> tuple[int, int] | None:
+    """(N, M) for an "N:M" granularity (at most N kept in every M consecutive inputs), else None."""
+    n, sep, m = granularity.partition(":")
+    if not sep:
+        return None
+    if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+        raise MaskError(f"N:M granularity needs integers 0 < N < M, got {granularity!r}")
+    return int(n), int(m)
 
 
-SCORERS: dict[str, Scorer] = {"magnitude": magnitude_scores, "random": random_scores}
+def check_granularity(granularity: str) -> str:
+    """`granularity` if it is one of GRANULARITIES or an N:M pattern such as "2:4"."""
+    if granularity not in GRANULARITIES and parse_nm(granularity) is None:
+        raise MaskError(
+            f"unknown granularity {granularity!r}; choose from {GRANULARITIES} or N:M (e.g. 2:4)"
+        )
+    return granularity
 
 
-def register_scorer(name: str, fn: Scorer) -> None:
-    """Add a pruning criterion usable by every pruning method by name."""
-    SCORERS[name] = fn
+def _nm_groups(t: torch.Tensor, m: int) -> torch.Tensor:
+    """Groups of m consecutive entries along the input dimension (dim 1) as rows; for a conv
+    weight, along the input channels at each kernel position."""
+    return t.movedim(1, -1).reshape(-1, m)
 
 
-def score(
-    weights: dict[str, torch.Tensor], criterion: str = "magnitude", seed: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Score weights with a registered criterion (seeded where the criterion is random)."""
-    if criterion not in SCORERS:
-        raise MaskError(f"unknown pruning criterion {criterion!r}; choose from {sorted(SCORERS)}")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return SCORERS[criterion](weights, gen)
+def _nm_ungroup(g: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    moved = (shape[0], *shape[2:], shape[1])
+    return g.reshape(moved).movedim(-1, 1)
+
+
+def nm_keep(name: str, scores: torch.Tensor, keep: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """`keep` narrowed to the n highest-scoring kept entries of every group of m (ties: the
+    earlier position); a group with fewer than n kept entries keeps those (nesting)."""
+    if scores.dim() < 2 or scores.shape[1] % m:
+        raise MaskError(
+            f"{name!r} (shape {tuple(scores.shape)}) has an input dimension that is not a "
+            f"multiple of {m}, so {n}:{m} cannot apply; leave it out with a rate scale of 0"
+        )
+    s = _nm_groups(scores.float().masked_fill(~keep, -math.inf), m)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
+    top = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True)
+    return _nm_ungroup(top, scores.shape) & keep
 
 
 def unit_scores(
     scores: dict[str, torch.Tensor], granularity: str, norm: float = 2.0
 ) -> dict[str, torch.Tensor]:
     """Reduce per-weight scores to one score per filter (dim 0) or input channel (dim 1) by Ln norm."""
-    if granularity == "weight":
+    if granularity == "weight" or parse_nm(granularity) is not None:
         return scores
     dim = {"filter": 0, "channel": 1}.get(granularity)
     if dim is None:
@@ -350,6 +359,12 @@ def prune(
     rate of named layers, which are then pruned on their own (the LTH prunes the output layer at
     half the rate, 0 leaves a layer unpruned); the other layers share one threshold under
     scope='global'.
+
+    An "N:M" granularity (e.g. "2:4") is a pattern constraint: every group of M consecutive
+    weights along the input dimension keeps at most N (the highest-scoring), then the count rule
+    above prunes further by weight where it asks for more, so a layer's sparsity is the larger
+    of the requested one and the pattern's (1 - N/M alone). A layer whose input dimension is not
+    a multiple of M is an error naming it, unless its rate scale is 0 (left unpruned).
     """
     if (fraction is None) == (sparsity is None):
         raise MaskError("give exactly one of fraction or sparsity")
@@ -357,8 +372,7 @@ def prune(
     check_rate(rate, "fraction" if fraction is not None else "sparsity")
     if scope not in SCOPES:
         raise MaskError(f"unknown pruning scope {scope!r}; choose from {SCOPES}")
-    if granularity not in GRANULARITIES:
-        raise MaskError(f"unknown granularity {granularity!r}; choose from {GRANULARITIES}")
+    nm = parse_nm(check_granularity(granularity))
     rate_scale = dict(rate_scale or {})
     unknown = set(rate_scale) - set(mask.tensors)
     if unknown:
@@ -368,10 +382,16 @@ def prune(
         raise MaskError(f"no scores for masked tensors: {sorted(missing)}")
 
     units = unit_scores({n: scores[n] for n in mask.tensors}, granularity, norm)
-    if granularity == "weight":
+    weightwise = granularity == "weight" or nm is not None
+    if weightwise:
         keep = {n: t.to(units[n].device) for n, t in mask.tensors.items()}
     else:
         keep = {n: _unit_keep(t, granularity).to(units[n].device) for n, t in mask.tensors.items()}
+    start = dict(keep)  # with N:M: the pattern's mask, which the count rule then extends
+    if nm is not None:
+        for n in keep:
+            if rate_scale.get(n, 1.0) != 0.0:
+                start[n] = nm_keep(n, units[n], keep[n], *nm)
 
     def pruned_after(group: list[str], r: float) -> int:
         total = sum(keep[n].numel() for n in group)
@@ -390,13 +410,14 @@ def prune(
             continue
         r = rate * rate_scale.get(group[0], 1.0) if len(group) == 1 else rate
         check_rate(r, f"scaled rate for {group[0]!r}")
-        k = pruned_after(group, r)
-        new_keep.update(_select({n: units[n] for n in group}, keep, k))
+        forced = sum(start[n].numel() - int(start[n].sum()) for n in group)
+        k = max(pruned_after(group, r), forced)
+        new_keep.update(_select({n: units[n] for n in group}, start, k))
 
     out = {}
     for n, old in mask.tensors.items():
         m = new_keep[n]
-        if granularity != "weight":
+        if not weightwise:
             m = _expand_units(m, old.shape, granularity) & old.to(m.device)
         out[n] = m.to(old.device)
     return Mask(out)

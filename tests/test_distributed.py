@@ -23,7 +23,8 @@ from lottery.build import load_data, make_model
 from lottery.cli import main as cli_main
 from lottery.config import ConfigError, TrainConfig
 from lottery.copies import evaluate
-from lottery.masks import Mask, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, prune
 from lottery.storage import CheckpointError, load_checkpoint
 from lottery.trainer import Trainer
 
@@ -40,8 +41,13 @@ class MagnitudeAt:
 
     update_steps: set[int] = field(default_factory=lambda: {10})
 
-    def update(self, step: int, weights: dict[str, torch.Tensor], mask: Mask) -> Mask:
-        return prune(mask, score({n: weights[n] for n in mask.names()}), fraction=0.3)
+    def update(self, step: int, model: torch.nn.Module, mask: Mask) -> Mask:
+        params = dict(model.named_parameters())
+        return prune(
+            mask,
+            score("magnitude", Context({n: params[n].detach() for n in mask.names()})),
+            fraction=0.3,
+        )
 
     def state_dict(self) -> dict:
         return {}
@@ -55,7 +61,7 @@ def train_and_dump(cfg: TrainConfig, out: Path) -> None:
     data = load_data(cfg)
     model = make_model(cfg, data)
     mask = Mask.ones(model)
-    mask = prune(mask, score(mask.tensors, "random", seed=1), fraction=0.5)
+    mask = prune(mask, score("random", Context(mask.tensors), seed=1), fraction=0.5)
     trainer = Trainer(
         cfg, data, model, out / "run", mask=mask, pruner=MagnitudeAt(), progress=False
     )

@@ -11,9 +11,10 @@ import torch
 from lottery.build import load_data, make_model
 from lottery.cli import add_train_args, config_from_args, main
 from lottery.config import ConfigError
+from lottery.criteria import Context, score
 from lottery.device import compiled, memory_format
 from lottery.engine import train_runs
-from lottery.masks import Mask, prune, score
+from lottery.masks import Mask, prune
 from lottery.run import RunSpec
 from lottery.storage import load_checkpoint
 from lottery.trainer import Trainer
@@ -82,7 +83,9 @@ def test_channels_last_on_cuda_and_switch_off(tmp_path):
 def magnitude_mask(model: torch.nn.Module, fraction: float) -> Mask:
     ones = Mask.ones(model)
     weights = dict(model.named_parameters())
-    return prune(ones, score({n: weights[n] for n in ones.names()}), fraction=fraction)
+    return prune(
+        ones, score("magnitude", Context({n: weights[n] for n in ones.names()})), fraction=fraction
+    )
 
 
 @cuda
@@ -121,7 +124,9 @@ def test_pruning_stays_on_the_device():
     model = make_model(cfg, data).cuda()
     weights = dict(model.named_parameters())
     mask = Mask.ones(model).to("cuda")
-    new = prune(mask, score({n: weights[n] for n in mask.names()}), fraction=0.5)
+    new = prune(
+        mask, score("magnitude", Context({n: weights[n] for n in mask.names()})), fraction=0.5
+    )
     assert all(t.device.type == "cuda" for t in new.tensors.values())
     assert new.density() == pytest.approx(0.5, abs=0.01)
 

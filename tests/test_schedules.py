@@ -16,7 +16,8 @@ S_I, S_F = 0.1, 0.95
 
 
 def reference(name: str, p: float, s_i: float, s_f: float, **kw) -> float:
-    """The formulas of REFERENCE.md, written out independently (exact fractions where possible)."""
+    """The schedules' published formulas (Zhu & Gupta 2017; Hubens et al. 2022), written out
+    independently (exact fractions where possible)."""
     if name == "one-shot":
         return s_f
     if name == "iterative":

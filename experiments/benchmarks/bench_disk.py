@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from experiments.benchmarks.common import Row, cli
-from lottery.masks import Mask, baked_state_dict, prune, save_sparse, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, baked_state_dict, prune, save_sparse
 from lottery.models import build_model
 
 
@@ -21,7 +22,9 @@ def round_bytes(rounds: int = 7) -> tuple[int, int]:
     params = dict(model.named_parameters())
     mask = Mask.ones(model)
     for _ in range(rounds):  # IMP: 20% of the remaining weights per round
-        mask = prune(mask, score({n: params[n] for n in mask.names()}), fraction=0.2)
+        mask = prune(
+            mask, score("magnitude", Context({n: params[n] for n in mask.names()})), fraction=0.2
+        )
     state = baked_state_dict(model, mask)
     with tempfile.TemporaryDirectory() as d:
         mask.save(Path(d) / "mask.npz")

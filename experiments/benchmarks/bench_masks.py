@@ -13,7 +13,8 @@ import torchvision
 from torch.nn.utils import prune as tprune
 
 from experiments.benchmarks.common import Row, cli, interleaved, sync
-from lottery.masks import Mask, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, prune
 from lottery.models import build_model, prunable_names
 
 
@@ -24,7 +25,11 @@ def global_pruning(quick: bool, device: str) -> Row:
     params = dict(model.named_parameters())
 
     def ours() -> None:
-        prune(Mask.ones(model), score({n: params[n] for n in names}), fraction=0.2)
+        prune(
+            Mask.ones(model),
+            score("magnitude", Context({n: params[n] for n in names})),
+            fraction=0.2,
+        )
 
     def baseline() -> float:
         ref = torchvision.models.resnet50().to(device)  # fresh copy: set-up, not timed
@@ -57,7 +62,11 @@ def masked_step(quick: bool, device: str) -> list[Row]:
     def stepper(masking: str):
         model = build_model("lenet_300_100", (1, 28, 28), 10).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        mask = prune(Mask.ones(model), score(dict(model.named_parameters())), sparsity=0.8)
+        mask = prune(
+            Mask.ones(model),
+            score("magnitude", Context(dict(model.named_parameters()))),
+            sparsity=0.8,
+        )
         params = dict(model.named_parameters())
         plist = [params[n] for n in mask.names()]
         mlist = [t.float() for t in mask.tensors.values()]

@@ -29,10 +29,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--methods",
-        type=lambda s: [m for m in s.split(",") if m],
+        type=_names,
         default=None,
-        help=f"comma-separated, from {', '.join(methods())} (default: all)",
+        help=f"comma-separated, from {', '.join(methods())} or SCOPE/GRANULARITY/CRITERION "
+        "such as global/2:4/snip (default: all named ones)",
     )
+    for flag, default, what in (
+        ("--criterion", "magnitude", "criteria"),
+        ("--granularity", "weight", "granularities (weight, filter, channel, N:M)"),
+        ("--scope", "layer", "scopes (layer, global)"),
+    ):
+        p.add_argument(
+            flag,
+            type=_names,
+            default=None,
+            help=f"comma-separated {what}: curves for every criterion x granularity x scope "
+            f"(given any of the three; the others default to {default})",
+        )
     p.add_argument(
         "--sparsities",
         type=parse_floats,
@@ -50,10 +63,29 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _names(text: str) -> list[str]:
+    return [m for m in text.split(",") if m]
+
+
+def grid(
+    criteria: list[str] | None, granularities: list[str] | None, scopes: list[str] | None
+) -> list[str]:
+    """Method names SCOPE/GRANULARITY/CRITERION for every combination of the given lists."""
+    return [
+        f"{s}/{g}/{c}"
+        for s in scopes or ["layer"]
+        for g in granularities or ["weight"]
+        for c in criteria or ["magnitude"]
+    ]
+
+
 def run(args: argparse.Namespace) -> int:
     from lottery.report import write_report  # seaborn loads only when a figure is drawn
 
     cfg = config_from_args(args)
+    names = args.methods
+    if args.criterion or args.granularity or args.scope:
+        names = [*(names or []), *grid(args.criterion, args.granularity, args.scope)]
     check_writable(args.out, "--out")
     if args.download:
         load_data(cfg, download=True)
@@ -62,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             cfg,
             args.out,
             source=args.source,
-            names=args.methods,
+            names=names,
             sparsities=tuple(args.sparsities),
             size_method=args.size_method,
             seed=args.prune_seed,

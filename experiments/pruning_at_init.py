@@ -1,0 +1,190 @@
+"""Pruning at initialisation vs IMP with rewinding, with the sanity checks, on Fashion-MNIST.
+
+The design of Frankle, Dziugaite, Roy & Carbin ("Pruning Neural Networks at Initialization: Why
+Are We Missing the Mark?", ICLR 2021) at a small scale: LeNet-300-100 and Conv-2, SNIP, GraSP,
+SynFlow, magnitude at init and random, each pruned globally at init to every sparsity and trained
+beside its three controls (layer-shuffle, reinit, invert), against the IMP ticket with weight
+rewinding (global pruning, the same sparsities) over several seeds. Every run goes through
+`lottery.at_init.run_at_init` / `lottery.imp.run_imp_seeds`, so the study resumes where it
+stopped. Writes results.json, table.md and at_init.png under --out.
+
+    python -m experiments.pruning_at_init     # the full design (many hours on 2 CPU cores)
+    python -m experiments.pruning_at_init --models lenet_300_100 --epochs 1 --train-limit 6000 \\
+        --sparsities 0.5,0.75,0.875,0.9375 --imp-fraction 0.5 --batched   # the README's run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+from lottery.at_init import CONTROLS, PRUNED, AtInitConfig, accuracy, mean_std, run_at_init
+from lottery.build import load_data
+from lottery.config import TrainConfig
+from lottery.imp import IMPConfig, run_imp_seeds
+from lottery.pruner import run_length
+from lottery.storage import write_json
+
+MODELS = ("lenet_300_100", "conv2")
+CRITERIA = ("snip", "grasp", "synflow", "magnitude", "random")
+SPARSITIES = (0.5, 0.8, 0.9, 0.95, 0.98)
+IMP = "IMP (rewind)"
+REWIND_FRACTION = 0.01  # rewind to 1% of training, inside the 0.1%-7% of Frankle et al. 2020
+
+
+def config(model: str, args: argparse.Namespace) -> TrainConfig:
+    """The paper's optimiser settings for `model` (Frankle & Carbin 2019) on the chosen slice."""
+    return TrainConfig(
+        model=model,
+        dataset="fashion_mnist",
+        data_root=args.data_root,
+        val_size=args.val_size,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        epochs=args.epochs,
+        device=args.device,
+    )
+
+
+def imp_rounds(sparsities: tuple[float, ...], fraction: float) -> int:
+    """Rounds of IMP at `fraction` per round needed to reach the highest sparsity."""
+    return math.ceil(math.log(1 - max(sparsities)) / math.log(1 - fraction) - 1e-9)
+
+
+def imp_accuracy(summaries: dict, sparsity: float) -> tuple[list[float], float]:
+    """Accuracy (%) per seed of the IMP round nearest to `sparsity`, and that round's sparsity."""
+    rounds = next(iter(summaries.values()))["rounds"]
+    r = min(range(1, len(rounds)), key=lambda i: abs((1 - rounds[i]["density"]) - sparsity))
+    accs = [100 * s["rounds"][r]["test_accuracy_at_best_val"] for s in summaries.values()]
+    return accs, 1 - rounds[r]["density"]
+
+
+def study(model: str, args: argparse.Namespace, out: Path) -> dict:
+    """Every criterion with its controls, and IMP with rewinding, for one model."""
+    cfg = config(model, args)
+    seeds = list(range(args.seeds))
+    results: dict = {"criteria": {}, "imp": None}
+    for criterion in args.criteria:
+        settings = AtInitConfig(criterion, args.sparsities, batched=args.batched)
+        summaries = run_at_init(cfg, settings, out / model / criterion, seeds, not args.quiet)
+        results["criteria"][criterion] = summaries
+    total, _ = run_length(cfg, load_data(cfg))
+    imp = IMPConfig(
+        rounds=imp_rounds(args.sparsities, args.imp_fraction),
+        fraction=args.imp_fraction,
+        scope="global",
+        rate_scale={},
+        reset="rewind",
+        rewind_step=max(1, round(REWIND_FRACTION * total)),
+        batched=args.batched,
+    )
+    results["imp"] = run_imp_seeds(cfg, imp, out / model / "imp", seeds, not args.quiet)
+    return results
+
+
+def table(model: str, results: dict, sparsities: tuple[float, ...]) -> str:
+    """Markdown: test accuracy (%) at the best validation step, mean ± std over seeds."""
+    lines = [
+        f"**{model}** | " + " | ".join(f"{100 * s:g}%" for s in sparsities),
+        "|---" * (len(sparsities) + 1) + "|",
+    ]
+    for criterion, summaries in results["criteria"].items():
+        for run in (PRUNED, *CONTROLS):
+            label = criterion if run == PRUNED else f"{criterion} {run}"
+            cells = [mean_std(accuracy(summaries, s, run)) for s in sparsities]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    cells = []
+    for s in sparsities:
+        accs, reached = imp_accuracy(results["imp"], s)
+        cells.append(f"{mean_std(accs)} ({100 * reached:.1f}%)")
+    lines.append(f"| {IMP} (its sparsity) | " + " | ".join(cells) + " |")
+    lines[0] = "| " + lines[0] + " |"
+    return "\n".join(lines)
+
+
+def figure(all_results: dict, sparsities: tuple[float, ...], path: Path) -> None:
+    """Accuracy vs sparsity per criterion (solid) and its layer-shuffle control (dotted), IMP."""
+    import seaborn as sns
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5.5 * len(all_results), 4.2), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, len(all_results), squeeze=False)[0]
+        palette = sns.color_palette("tab10")
+        for ax, (model, results) in zip(axes, all_results.items(), strict=True):
+            x = [100 * s for s in sparsities]
+            for i, (criterion, summaries) in enumerate(results["criteria"].items()):
+                for run, style in ((PRUNED, "-"), ("layer-shuffle", ":")):
+                    ys = [accuracy(summaries, s, run) for s in sparsities]
+                    if all(ys):
+                        mean = [sum(y) / len(y) for y in ys]
+                        label = criterion if run == PRUNED else None
+                        ax.plot(x, mean, style, marker="o", color=palette[i], label=label)
+            imp = [imp_accuracy(results["imp"], s) for s in sparsities]
+            ax.plot(
+                [100 * r for _, r in imp],
+                [sum(a) / len(a) for a, _ in imp],
+                "-",
+                marker="s",
+                color="black",
+                label=IMP,
+            )
+            ax.set_title(f"{model} on Fashion-MNIST (dotted: layer-shuffle)")
+            ax.set_xlabel("sparsity (%)")
+            ax.set_ylabel("test accuracy (%)")
+            ax.legend(fontsize=8)
+    fig.savefig(path, dpi=150)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+    def names(text: str) -> tuple[str, ...]:
+        return tuple(t for t in text.split(",") if t)
+
+    p.add_argument("--models", type=names, default=MODELS)
+    p.add_argument("--criteria", type=names, default=CRITERIA)
+    p.add_argument(
+        "--sparsities",
+        type=lambda s: tuple(float(t) for t in names(s)),
+        default=SPARSITIES,
+    )
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    p.add_argument("--epochs", type=float, default=20.0, help="training length (default 20)")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training examples")
+    p.add_argument("--val-size", type=int, default=5000)
+    p.add_argument("--test-limit", type=int, default=None)
+    p.add_argument(
+        "--imp-fraction", type=float, default=0.2, help="IMP's per-round pruning fraction"
+    )
+    p.add_argument("--batched", action="store_true", help="stack each sparsity's networks")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--out", type=Path, default=Path("checkpoints/pruning_at_init"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    all_results = {model: study(model, args, args.out) for model in args.models}
+    md = "\n\n".join(table(m, r, args.sparsities) for m, r in all_results.items())
+    seconds = time.perf_counter() - t0
+    write_json(
+        {"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds, **all_results},
+        args.out / "results.json",
+    )
+    (args.out / "table.md").write_text(md + "\n")
+    figure(all_results, args.sparsities, args.out / "at_init.png")
+    print(md)
+    print(f"{seconds:.0f} s; results: {args.out / 'results.json'}; figure: at_init.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
