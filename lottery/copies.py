@@ -113,11 +113,11 @@ class SingleCopy:
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.forward(x), y)
 
-    def weights(self, i: int) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.model.named_parameters()}
-
-    def grads(self, i: int) -> dict[str, torch.Tensor]:
-        return {n: p.grad for n, p in self.model.named_parameters() if p.grad is not None}
+    def tracked(self, i: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """The run's masked weights (all, when unmasked) and their gradients, by name."""
+        mask = self.runs[0].mask
+        ps = {n: p for n, p in self.model.named_parameters() if mask is None or n in mask.tensors}
+        return {n: p.detach() for n, p in ps.items()}, {n: p.grad for n, p in ps.items()}
 
     def module(self, i: int) -> nn.Module:
         return self.model
@@ -132,9 +132,6 @@ class SingleCopy:
 
     def state(self, i: int) -> tuple[dict, dict, dict]:
         return self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()
-
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
 
 class StackedCopies:
@@ -201,15 +198,10 @@ class StackedCopies:
 
     def refresh_masks(self) -> None:
         """Stacked float masks over every tensor any copy masks (a copy without a mask keeps all)."""
-        masks = [r.mask for r in self.runs]
-        names = list(dict.fromkeys(n for m in masks if m is not None for n in m.names()))
-        ones = {n: torch.ones(self.params[n].shape[1:], dtype=torch.bool, device=self.device)
-                for n in names}  # fmt: skip
-        keep = {
-            n: torch.stack([m.tensors[n] if m is not None and n in m.tensors else ones[n]
-                            for m in masks]).to(self.device)
-            for n in names
-        }  # fmt: skip
+        masks = [r.mask.tensors if r.mask is not None else {} for r in self.runs]
+        names = list(dict.fromkeys(n for m in masks for n in m))
+        keep = {n: torch.stack([m[n].to(self.device) if n in m else torch.ones_like(
+            self.params[n][0], dtype=torch.bool) for m in masks]) for n in names}  # fmt: skip
         self.masked = float_masks(self.params, keep)
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,11 +229,11 @@ class StackedCopies:
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.loss(self.params, self.buffers, x, y)
 
-    def weights(self, i: int) -> dict[str, torch.Tensor]:
-        return {n: p.detach()[i] for n, p in self.params.items()}
-
-    def grads(self, i: int) -> dict[str, torch.Tensor]:
-        return {n: p.grad[i] for n, p in self.params.items() if p.grad is not None}
+    def tracked(self, i: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Copy i's masked weights (all, when unmasked) and their gradients, by name."""
+        mask = self.runs[i].mask
+        ps = {n: p for n, p in self.params.items() if mask is None or n in mask.tensors}
+        return {n: p.detach()[i] for n, p in ps.items()}, {n: p.grad[i] for n, p in ps.items()}
 
     @torch.no_grad()
     def module(self, i: int) -> nn.Module:
@@ -295,9 +287,6 @@ class StackedCopies:
             {"state": state, "param_groups": sd["param_groups"]},
             self.scheduler.state_dict(),
         )
-
-    def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
 
 
 def _part(key: str, value: Any, i: int) -> Any:

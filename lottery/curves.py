@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.copies import evaluate
@@ -197,7 +198,7 @@ def sizes_on_disk(
     chosen = resolve_method(method, norm)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.npz"
+        path = Path(tmp) / layout.WEIGHTS
         for s in sparsities:
             mask = one_shot_mask(
                 model,
@@ -226,16 +227,16 @@ def sizes_on_disk(
 def trained_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, torch.Tensor]]:
     """The configuration and final weights of a finished training run (or an IMP run's dense round)."""
     run = Path(run_dir)
-    if (run / "round_00" / "ticket").is_dir():
-        run = run / "round_00" / "ticket"
-    if not (run / "config.json").exists():
+    if layout.ticket_dir(run, 0).is_dir():
+        run = layout.ticket_dir(run, 0)
+    if not layout.is_run(run):
         raise ConfigError(f"{run_dir} is not a training run directory (no config.json)")
-    cfg = TrainConfig.from_dict(read_json(run / "config.json")["config"])
-    final = run / "checkpoints" / "final.pt"
+    cfg = TrainConfig.from_dict(read_json(run / layout.CONFIG)["config"])
+    final = layout.checkpoint_dir(run) / layout.FINAL
     if final.exists():
         return cfg, load_checkpoint(final)["model"]
-    if (run / "weights.npz").exists():
-        return cfg, load_sparse(run / "weights.npz")[0]
+    if (run / layout.WEIGHTS).exists():
+        return cfg, load_sparse(run / layout.WEIGHTS)[0]
     raise ConfigError(f"{run} has no final weights (checkpoints/final.pt or weights.npz)")
 
 

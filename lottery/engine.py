@@ -94,7 +94,7 @@ def record(copies: Copies, step: int, data: Splits, hooks: Hooks) -> None:
     vals = copies.evaluate(data.val_x, data.val_y, bf16)
     tests = copies.evaluate(data.test_x, data.test_y, bf16)
     for run, val, test in zip(copies.runs, vals, tests, strict=True):
-        rec = run.log(step, copies.lr(), val, test)
+        rec = run.log(step, copies.optimizer.param_groups[0]["lr"], val, test)
         for hook in hooks.at_evaluation:
             hook(run, rec)
 
@@ -125,9 +125,7 @@ class Engine:
         after_backward = list(hooks.after_backward)
         for i, r in enumerate(runs):
             if getattr(r.pruner, "tracks_gradients", False):
-                after_backward.append(
-                    lambda s, i=i, p=r.pruner: p.after_backward(s, c.weights(i), c.grads(i))
-                )
+                after_backward.append(lambda s, i=i, p=r.pruner: p.after_backward(s, *c.tracked(i)))
         loss_sum = torch.zeros(() if k == 1 else k, device=device)
         count, t0 = 0, time.perf_counter()
         desc = lead.record.get("label", "train") if k == 1 else f"{k} runs batched"

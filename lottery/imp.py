@@ -261,7 +261,7 @@ def _loop(
 
 def _recorded_rounds(out: Path) -> int:
     """How many rounds the search's summary.json lists (0 if it has none yet)."""
-    path = out / "summary.json"
+    path = out / layout.SUMMARY
     return len(read_json(path)["rounds"]) if path.exists() else 0
 
 
@@ -330,11 +330,11 @@ def _round_runs(
     imp: IMPConfig,
 ) -> list[tuple[str | None, RunSpec, dict]]:
     """Round r's ticket (name None) and controls as runs to train, with the controls' seeds."""
-    rdir = out / f"round_{r:02d}"
-    if distributed.is_main() and not (rdir / "mask.npz").exists():
-        mask.save(rdir / "mask.npz")
+    rdir = layout.round_dir(out, r)
+    if distributed.is_main() and not (rdir / layout.MASK).exists():
+        mask.save(rdir / layout.MASK)
     ticket = RunSpec(
-        cfg, rdir / "ticket", make_model(cfg, data), mask if r else None, start,
+        cfg, rdir / layout.TICKET, make_model(cfg, data), mask if r else None, start,
         record={"label": f"round {r}", "round": r},
     )  # fmt: skip
     controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if r else ())]
@@ -377,7 +377,7 @@ def _control(
         cmask, cstart, extra = mask, StartState(fresh, None, start.step), {"reinit_seed": seed}
     else:
         seed = random_prune_seed(cfg.init_seed, r)
-        cmask = _load_or_make_mask(cdir / "mask.npz", lambda: random_mask_like(mask, seed))
+        cmask = _load_or_make_mask(cdir / layout.MASK, lambda: random_mask_like(mask, seed))
         cstart, extra = start, {"mask_seed": seed}
     record = {"label": f"round {r} {name}", "round": r, "control": name, **extra}
     return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
@@ -403,7 +403,7 @@ def _next_mask(
             rate_scale=imp.rate_scale,
         )
 
-    return _load_or_make_mask(rdir / "mask.npz", make)
+    return _load_or_make_mask(rdir / layout.MASK, make)
 
 
 def _criterion_context(
@@ -446,7 +446,7 @@ def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     """A finished run's final weights, exactly, from its sparse record."""
-    state, _ = load_sparse(run / "weights.npz")
+    state, _ = load_sparse(run / layout.WEIGHTS)
     return state
 
 
@@ -455,10 +455,10 @@ def _finish(run: Path, mask: Mask, weights: bool, keep: bool) -> None:
 
     Rank 0 writes it; the other ranks wait, since the next round reads it.
     """
-    final = run / "checkpoints" / "final.pt"
+    final = layout.checkpoint_dir(run) / layout.FINAL
     if distributed.is_main() and final.exists():
         if weights:
-            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / "weights.npz")
+            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / layout.WEIGHTS)
         if not keep:
             final.unlink()
     distributed.barrier(f"waiting for rank 0 to finish {run}")
@@ -493,7 +493,7 @@ def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
 
 def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
     """Refuse a folder whose imp.json records another search, naming the settings that differ."""
-    path = out / "imp.json"
+    path = out / layout.IMP_RECORD
     if not path.exists():
         return
     old = read_json(path)
@@ -517,7 +517,7 @@ def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
 def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
     """imp.json: the search's full configuration, written when new or when --rounds grows."""
     _check_record(out, cfg, imp)
-    path = out / "imp.json"
+    path = out / layout.IMP_RECORD
     if path.exists() and read_json(path)["imp"]["rounds"] >= imp.rounds:
         return
     fingerprint = _search_fingerprint(cfg, imp)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.copies import evaluate
@@ -142,7 +143,7 @@ def instability(
             copy_cfg, data, make_model(cfg, data), run, mask=mask, progress=progress,
             record={"label": f"step {start.step} copy {seed}", "start_step": start.step},
         ).fit(start)  # fmt: skip
-        finals.append(load_checkpoint(run / "checkpoints" / "final.pt")["model"])
+        finals.append(load_checkpoint(layout.checkpoint_dir(run) / layout.FINAL)["model"])
     model = make_model(cfg, data).to(data.test_x.device)
     curve = error_curve(model, finals[0], finals[1], data, points, cfg.batch_size)
     errors = curve["test_error"]
@@ -189,7 +190,7 @@ def instability_sweep(
     data = load_data(cfg)
     if dense is None:
         train_dense(cfg, steps, dense_dir, data, progress)
-    elif read_json(dense_dir / "config.json").get("fingerprint") != settings["config"]:
+    elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != settings["config"]:
         raise ConfigError(f"{dense_dir} was trained with another configuration than the one given")
     rows = []
     for k in steps:

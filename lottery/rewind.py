@@ -12,11 +12,11 @@ import dataclasses
 import os
 from pathlib import Path
 
+from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.data import Splits
 from lottery.imp import IMPConfig, run_searches
-from lottery.layout import rewind_dir, round_dirs
 from lottery.masks import Mask
 from lottery.overlap import pairwise
 from lottery.run import TrainResult
@@ -26,9 +26,9 @@ from lottery.trainer import Trainer
 
 def checkpoint_at(run: Path, step: int) -> Path:
     """The checkpoint a run kept at `step`, or a clear error naming the steps it has."""
-    path = run / "checkpoints" / f"step_{step:07d}.pt"
+    path = layout.step_checkpoint(run, step)
     if not path.exists():
-        have = sorted(int(p.stem[5:]) for p in (run / "checkpoints").glob("step_*.pt"))
+        have = layout.saved_steps(run)
         raise ConfigError(f"{run} kept no checkpoint at step {step} (it has steps {have})")
     return path
 
@@ -68,9 +68,9 @@ def rewind_sweep(
         raise ConfigError("give at least one rewind step")
     dense = out / "dense"
     train_dense(cfg, steps, dense, progress=progress)
-    outs = [rewind_dir(out, k) for k in steps]
+    outs = [layout.rewind_dir(out, k) for k in steps]
     for kdir in outs:
-        link = kdir / "round_00" / "ticket"
+        link = layout.ticket_dir(kdir, 0)
         if not link.exists():
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.relpath(dense, link.parent), link, target_is_directory=True)
@@ -91,6 +91,6 @@ def sweep_overlap(out: Path, steps: list[int]) -> dict[str, list[dict]]:
     """For each pruned round, the pairwise overlap of the rewind points' masks (by round name)."""
     by_round: dict[str, dict[str, Mask]] = {}
     for k in steps:
-        for r in round_dirs(rewind_dir(out, k))[1:]:
-            by_round.setdefault(r.name, {})[f"k={k}"] = Mask.load(r / "mask.npz")
+        for r in layout.round_dirs(layout.rewind_dir(out, k))[1:]:
+            by_round.setdefault(r.name, {})[f"k={k}"] = Mask.load(r / layout.MASK)
     return {name: pairwise(masks) for name, masks in by_round.items() if len(masks) > 1}

@@ -13,6 +13,7 @@ from torch import nn
 from lottery import data
 from lottery.cli import main
 from lottery.copies import evaluate
+from lottery.criteria import Context, score
 from lottery.data import load_dataset
 from lottery.export import (
     Architecture,
@@ -23,7 +24,7 @@ from lottery.export import (
     load_export,
     save_export,
 )
-from lottery.masks import Mask, prune, score
+from lottery.masks import Mask, prune
 from lottery.models import build_model
 
 SHAPE = (1, 28, 28)
@@ -56,7 +57,7 @@ def pruned(model: nn.Module, sparsity: float, granularity: str) -> Mask:
     """Layer-wise magnitude pruning (output layer kept), applied to the model."""
     params = dict(model.named_parameters())
     mask = Mask.ones(model)
-    scores = score({n: params[n] for n in mask.names()})
+    scores = score("magnitude", Context({n: params[n] for n in mask.names()}))
     mask = prune(
         mask,
         scores,

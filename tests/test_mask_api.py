@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from lottery.masks import Mask, MaskError, from_torch_prune, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, MaskError, from_torch_prune, prune
 from lottery.models import build_model
 
 
@@ -25,7 +26,7 @@ def test_keep_holds_pruned_weights_at_zero_through_adam_steps():
     torch.manual_seed(0)
     model = build_model("lenet_64_32", (1, 28, 28), 10)
     params = dict(model.named_parameters())
-    mask = prune(Mask.ones(model), score({n: params[n] for n in Mask.ones(model).names()}),
+    mask = prune(Mask.ones(model), score("magnitude", Context({n: params[n] for n in Mask.ones(model).names()})),
                  sparsity=0.7)  # fmt: skip
     opt = torch.optim.Adam(model.parameters(), lr=1e-2, weight_decay=1e-3)
     before = {n: params[n].detach().clone() for n in mask.names()}

@@ -99,9 +99,8 @@ def test_layers_that_do_not_fit_are_named_or_left_out_with_rate_zero():
 def test_cli_rejects_a_bad_pattern_before_writing(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--dataset", "synthetic", "--model", "lenet_64_32", "--steps", "5", "--out", str(out)]
-    with pytest.raises(SystemExit) as e:
-        main(["prune", *args, "--granularity", "4:2"])
-    assert e.value.code == 2 and "--granularity" in capsys.readouterr().err
+    assert main(["prune", *args, "--granularity", "4:2"]) == 2  # argparse's one-line error
+    assert "--granularity" in capsys.readouterr().err
     assert not out.exists()
 
 

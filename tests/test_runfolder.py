@@ -21,7 +21,8 @@ import torch
 from lottery import data as data_mod
 from lottery import layout
 from lottery.cli import main
-from lottery.masks import Mask, MaskError, load_sparse, prune, score
+from lottery.criteria import Context, score
+from lottery.masks import Mask, MaskError, load_sparse, prune
 from lottery.models import build_model
 from lottery.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
 from lottery.storage import CheckpointError, load_checkpoint, write_json
@@ -66,7 +67,7 @@ def lenet_mask(path: Path) -> Path:
     model = build_model("lenet_300_100", (1, 28, 28), 10, seed=0)
     ones = Mask.ones(model)
     weights = {n: p.detach() for n, p in model.named_parameters() if n in ones.tensors}
-    prune(ones, score(weights, "random", seed=1), fraction=0.5, scope="layer").save(path)
+    prune(ones, score("random", Context(weights), seed=1), fraction=0.5, scope="layer").save(path)
     return path
 
 

@@ -11,8 +11,9 @@ import torch
 from matplotlib.figure import Figure
 
 from lottery.cli import main
+from lottery.criteria import Context, score
 from lottery.export import Architecture, stored_numbers
-from lottery.masks import Mask, prune, score
+from lottery.masks import Mask, prune
 from lottery.speed import figure, measure, sweep, table, time_pair
 
 ARCH = Architecture("lenet_64_32", (1, 28, 28), 10)
@@ -22,7 +23,7 @@ def masked(sparsity: float, granularity: str = "weight"):
     model = ARCH.build().eval()
     params = dict(model.named_parameters())
     mask = Mask.ones(model)
-    mask = prune(mask, score({n: params[n] for n in mask.names()}), sparsity=sparsity,
+    mask = prune(mask, score("magnitude", Context({n: params[n] for n in mask.names()})), sparsity=sparsity,
                  scope="layer", granularity=granularity, rate_scale={model.output_layer: 0.0})  # fmt: skip
     mask.apply_(model)
     return model, mask

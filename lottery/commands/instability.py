@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from lottery import layout
 from lottery.build import load_data
 from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.config import ConfigError, TrainConfig
@@ -56,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from lottery.report import write_report  # seaborn loads only when a figure is drawn
 
     if args.dense is not None:
-        if not (args.dense / "config.json").exists():
+        if not (args.dense / layout.CONFIG).exists():
             raise ConfigError(f"--dense {args.dense} is not a training run (no config.json)")
-        cfg = TrainConfig.from_dict(read_json(args.dense / "config.json")["config"])
+        cfg = TrainConfig.from_dict(read_json(args.dense / layout.CONFIG)["config"])
     else:
         cfg = config_from_args(args)
     if args.download:
