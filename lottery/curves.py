@@ -22,7 +22,7 @@ from torch import nn
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.copies import evaluate
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.masks import Mask, baked_state_dict, load_sparse, prune, save_sparse, score
 from lottery.models import output_layer_name
 from lottery.rewind import train_dense

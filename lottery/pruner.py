@@ -16,10 +16,11 @@ import torch
 
 from lottery import distributed
 from lottery.config import ConfigError, TrainConfig
-from lottery.data import BatchStream, Splits
+from lottery.datasets import Splits
 from lottery.masks import GRANULARITIES, SCOPES, Mask, prune, score
 from lottery.schedules import Schedule
 from lottery.storage import write_jsonl
+from lottery.stream import BatchStream
 
 
 class Pruner(Protocol):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.imp import IMPConfig, run_searches
 from lottery.layout import rewind_dir, round_dirs
 from lottery.masks import Mask
