@@ -25,7 +25,7 @@ from torch import nn
 
 from lottery import layout
 from lottery.config import TrainConfig
-from lottery.data import Splits, load_dataset
+from lottery.datasets import Splits, load_dataset
 from lottery.gradual import GradualRun, PruningSettings, train_gradual
 from lottery.models import prunable_names
 from lottery.pruner import run_length

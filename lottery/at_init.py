@@ -33,7 +33,7 @@ from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.criteria import Context, check, score, training_batches
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.engine import train_runs
 from lottery.masks import (
     SCOPES,

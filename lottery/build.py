@@ -11,7 +11,7 @@ from torch import nn
 
 from lottery import layout
 from lottery.config import ConfigError, TrainConfig
-from lottery.data import Splits, load_dataset
+from lottery.datasets import Splits, load_dataset
 from lottery.device import resolve_device
 from lottery.masks import Mask, load_sparse
 from lottery.models import build_model

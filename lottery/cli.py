@@ -107,7 +107,7 @@ def add_config_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = N
 def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     """Flags shared by every subcommand that trains (same names everywhere): the configuration's
     fields, CUDA fast-path switches, --config, --download, --out and --no-progress."""
-    from lottery.data import DATASETS  # imported here so `lottery --help` loads no torch
+    from lottery.datasets import DATASETS  # imported here so `lottery --help` loads no torch
 
     add_config_args(p, {"dataset": f": {', '.join(DATASETS)}"})
     g = p.add_argument_group("files and fast path")

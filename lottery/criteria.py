@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from lottery.data import BatchStream
 from lottery.masks import Mask, MaskError, prune
+from lottery.stream import BatchStream
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 Scores = dict[str, torch.Tensor]

@@ -27,7 +27,7 @@ from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
 from lottery.copies import evaluate
 from lottery.criteria import Context, check, score, training_batches
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.masks import (
     SCOPES,
     Mask,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from lottery import distributed
 from lottery.config import ConfigError
 from lottery.copies import SingleCopy, StackedCopies
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.device import autocast, resolve_device
 from lottery.masks import Mask
 from lottery.run import Run, RunSpec, StartState, TrainResult

@@ -21,7 +21,7 @@ from lottery.build import make_model
 from lottery.checks import check_rate_scale
 from lottery.config import TrainConfig
 from lottery.criteria import training_batches
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.engine import Hooks, train_runs
 from lottery.masks import Mask, save_sparse
 from lottery.pruner import GradualPruner, run_length

@@ -26,7 +26,7 @@ from lottery.build import load_data, make_model
 from lottery.checks import check_rate_scale
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.criteria import CRITERIA, Context, check, score, training_batches
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.device import resolve_device
 from lottery.engine import train_runs
 from lottery.masks import (

@@ -21,7 +21,7 @@ from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.copies import evaluate
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.masks import Mask
 from lottery.models import has_batchnorm
 from lottery.rewind import checkpoint_at, train_dense

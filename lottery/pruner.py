@@ -20,10 +20,11 @@ from torch import nn
 from lottery import distributed
 from lottery.config import ConfigError, TrainConfig
 from lottery.criteria import CRITERIA, Batches, Context, check, score
-from lottery.data import BatchStream, Splits
+from lottery.datasets import Splits
 from lottery.masks import SCOPES, Mask, MaskError, check_granularity, prune
 from lottery.schedules import Schedule
 from lottery.storage import write_jsonl
+from lottery.stream import BatchStream
 
 
 class Pruner(Protocol):

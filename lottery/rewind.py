@@ -15,7 +15,7 @@ from pathlib import Path
 from lottery import layout
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
-from lottery.data import Splits
+from lottery.datasets import Splits
 from lottery.imp import IMPConfig, run_searches
 from lottery.masks import Mask
 from lottery.overlap import pairwise

@@ -19,11 +19,12 @@ from torch import nn
 
 from lottery import distributed, layout, storage
 from lottery.config import ConfigError, TrainConfig
-from lottery.data import BatchStream, Splits
+from lottery.datasets import Splits
 from lottery.device import check_fast_path, place
 from lottery.masks import Mask
 from lottery.pruner import Pruner
 from lottery.runfolder import check_identity, run_identity
+from lottery.stream import BatchStream
 from lottery.tracking import TensorBoardTracker, evaluation_scalars
 
 

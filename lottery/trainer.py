@@ -16,12 +16,13 @@ from torch import nn
 from lottery import distributed
 from lottery.config import TrainConfig
 from lottery.copies import SingleCopy
-from lottery.data import BatchStream, Splits
+from lottery.datasets import Splits
 from lottery.device import resolve_device
 from lottery.engine import Hooks, fit_one
 from lottery.masks import Mask
 from lottery.pruner import Pruner
 from lottery.run import Run, RunSpec, StartState, TrainResult
+from lottery.stream import BatchStream
 
 
 class Trainer:

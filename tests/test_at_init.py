@@ -8,16 +8,16 @@ import json
 import pytest
 import torch
 
-from lottery import data
 from lottery.at_init import AtInitConfig, criterion_scores
 from lottery.build import load_data
 from lottery.cli import main
 from lottery.config import ConfigError, TrainConfig
+from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
 from lottery.masks import Mask, load_sparse
 
 pytestmark = pytest.mark.skipif(
-    not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST}",
+    not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}",
 )
 
 SLICE = ["--dataset", "fashion_mnist", "--train-limit", "2000", "--val-size", "500"]

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from experiments.benchmarks.bench_disk import round_bytes
-from lottery import data
-from lottery.data import load_dataset
+from lottery.datasets import load_dataset
+from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
+from tests.test_datasets import patch_files
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = (
@@ -99,8 +100,8 @@ def script_only(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory) -> Path:
     """A committed copy of the package with `./dev gpu-pack --no-wheels` run in it."""
-    if not (data.DEBIAN_FASHION_MNIST / FILES[0]).is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST}")
+    if not (DEBIAN_FASHION_MNIST / FILES[0]).is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}")
     root = tmp_path_factory.mktemp("repo")
     for name in ("dev", "pyproject.toml", "README.md", ".gitignore"):
         shutil.copy(REPO / name, root / name)
@@ -129,7 +130,7 @@ def test_pack_copies_the_four_idx_files_and_the_loader_reads_them(packed, monkey
     got = sorted(p.name for p in (packed / ".data" / "fashion-mnist").iterdir())
     assert got == sorted(FILES)
     for f in FILES:
-        assert filecmp.cmp(data.DEBIAN_FASHION_MNIST / f, packed / ".data/fashion-mnist" / f, False)
+        assert filecmp.cmp(DEBIAN_FASHION_MNIST / f, packed / ".data/fashion-mnist" / f, False)
     assert (packed / ".data" / "COMMIT").read_text().strip() == head(packed)
     assert not (packed / ".whl").exists()
     status = ["git", "-C", str(packed), "status", "--porcelain", "--untracked-files=all"]
@@ -137,9 +138,9 @@ def test_pack_copies_the_four_idx_files_and_the_loader_reads_them(packed, monkey
         subprocess.run(status, capture_output=True, text=True, check=True).stdout == ""
     )  # ignored
     kwargs = dict(val_size=200, train_limit=1000, test_limit=300)
-    debian = load_dataset("fashion_mnist", data.DEBIAN_FASHION_MNIST, **kwargs)
+    debian = load_dataset("fashion_mnist", DEBIAN_FASHION_MNIST, **kwargs)
     # as under ./dev gpu: found through $LOTTERY_DATA alone, with no Debian copy to fall back on
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", packed / "absent")
+    patch_files(monkeypatch, "fashion_mnist", system_dirs=(packed / "absent",))
     monkeypatch.setenv("LOTTERY_DATA", str(packed / ".data"))
     carried = load_dataset("fashion_mnist", **kwargs)
     for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
@@ -219,7 +220,7 @@ def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows the failure on a machine without one")
 def test_require_cuda_turns_a_cuda_skip_into_a_failure():
-    node = "tests/test_data.py::test_batch_stream_same_batches_on_cuda"
+    node = "tests/test_stream.py::test_batch_stream_same_batches_on_cuda"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", node]
     env = {k: v for k, v in os.environ.items() if k != "LOTTERY_REQUIRE_CUDA"}
     env["PYTHONPATH"] = str(REPO)

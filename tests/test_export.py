@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from lottery import data
 from lottery.cli import main
 from lottery.copies import evaluate
 from lottery.criteria import Context, score
-from lottery.data import load_dataset
+from lottery.datasets import load_dataset
+from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
 from lottery.export import (
     Architecture,
     ExportError,
@@ -32,8 +32,8 @@ SHAPE = (1, 28, 28)
 
 @pytest.fixture(scope="module")
 def fmnist():
-    if not (data.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST}")
+    if not (DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}")
     return load_dataset(val_size=0, train_limit=1, test_limit=200)
 
 

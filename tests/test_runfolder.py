@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import data as data_mod
 from lottery import layout
 from lottery.cli import main
 from lottery.criteria import Context, score
+from lottery.datasets.cifar10 import CIFAR10_DIR
 from lottery.masks import Mask, MaskError, load_sparse, prune
 from lottery.models import build_model
 from lottery.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
 from lottery.storage import CheckpointError, load_checkpoint, write_json
-from tests.test_data import fake_cifar_dir
+from tests.test_datasets import fake_cifar_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FM = ["--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",
@@ -204,7 +204,7 @@ def test_figure_paths_under_a_file_fail_before_any_output(tmp_path, capsys):
 )
 def test_bad_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, content, words):
     root = tmp_path / "data"
-    folder = root / data_mod.CIFAR10_DIR
+    folder = root / CIFAR10_DIR
     fake_cifar_dir(folder, per_batch=4)
     bad = folder / "data_batch_2"
     if content == "truncated":

@@ -13,7 +13,7 @@ from pathlib import Path
 from experiments.benchmarks.common import Row, cli, interleaved
 from lottery.build import load_data, make_model
 from lottery.config import TrainConfig
-from lottery.data import DatasetNotFoundError, Splits
+from lottery.datasets import DatasetNotFoundError, Splits
 from lottery.engine import train_runs
 from lottery.masks import Mask, random_mask_like
 from lottery.run import RunSpec

@@ -1,4 +1,4 @@
-"""Tests for lottery.data: readers, dataset discovery, splits, download and deterministic batching."""
+"""Tests for lottery.datasets: readers, dataset discovery, registry, splits and download."""
 
 import gzip
 import hashlib
@@ -9,25 +9,20 @@ import pickle
 import tarfile
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from lottery import data
-from lottery.data import (
-    DATASETS,
-    BatchStream,
-    DatasetNotFoundError,
-    RemoteFile,
-    UnknownDatasetError,
-    augment_batch,
-    crop_flip,
-    load_dataset,
-    read_cifar10,
-    read_idx,
-)
+from lottery import datasets
+from lottery.datasets import DATASETS, DatasetNotFoundError, UnknownDatasetError, load_dataset
+from lottery.datasets.cifar10 import CIFAR10_BATCHES, CIFAR10_DIR, read_cifar10
+from lottery.datasets.download import RemoteFile, fetch_all
+from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
+from lottery.datasets.idx import read_idx
+from lottery.datasets.spec import DatasetSpec, Files
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
 
@@ -76,7 +71,7 @@ def fake_cifar_dir(directory: Path, per_batch: int = 20, str_keys: bool = False)
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     batches = {}
-    for name in data.CIFAR10_BATCHES:
+    for name in CIFAR10_BATCHES:
         x = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         y = [int(v) for v in rng.integers(0, 10, per_batch)]
         batches[name] = (x, y)
@@ -84,7 +79,7 @@ def fake_cifar_dir(directory: Path, per_batch: int = 20, str_keys: bool = False)
         payload = {keys[0]: x, keys[1]: y, b"batch_label": name.encode()}
         (directory / name).write_bytes(pickle.dumps(payload, protocol=2))
     nhwc = {k: x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1) for k, (x, _) in batches.items()}
-    train = data.CIFAR10_BATCHES[:-1]
+    train = CIFAR10_BATCHES[:-1]
     return (
         np.concatenate([nhwc[k] for k in train]),
         np.concatenate([batches[k][1] for k in train]),
@@ -98,11 +93,18 @@ def row_keys(x: torch.Tensor) -> set[bytes]:
     return {row.numpy().tobytes() for row in x.flatten(1)}
 
 
+def patch_files(monkeypatch, name: str, **changes) -> None:
+    """Register `name` with its Files changed by `changes`, for this test only."""
+    spec = datasets.REGISTRY[name]
+    changed = replace(spec, files=replace(spec.files, **changes))
+    monkeypatch.setitem(datasets.REGISTRY, name, changed)
+
+
 @pytest.fixture
 def no_debian(monkeypatch, tmp_path):
     """Point the Debian Fashion-MNIST path at a directory that does not exist."""
     missing = tmp_path / "no-debian-package"
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", missing)
+    patch_files(monkeypatch, "fashion_mnist", system_dirs=(missing,))
     return missing
 
 
@@ -187,7 +189,7 @@ def test_default_root_comes_from_env_and_is_not_searched_itself(tmp_path, monkey
     assert str(tmp_path / "mnist") in message and str(tmp_path / "MNIST" / "raw") in message
     assert f"  {tmp_path}\n" not in message
     monkeypatch.delenv("LOTTERY_DATA")
-    assert data.default_data_root() == Path.home() / ".cache" / "lottery" / "data"
+    assert datasets.default_data_root() == Path.home() / ".cache" / "lottery" / "data"
 
 
 @pytest.mark.parametrize(
@@ -287,8 +289,8 @@ def test_splits_to_moves_every_tensor(tmp_path):
 
 @pytest.fixture(scope="module")
 def fashion_slice():
-    if not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {data.DEBIAN_FASHION_MNIST}")
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}")
     return load_dataset(val_size=1000, train_limit=3000, test_limit=500)
 
 
@@ -338,7 +340,7 @@ def test_read_cifar10(tmp_path, str_keys):
 def test_read_cifar10_python2_module_names(tmp_path):
     """Real CIFAR-10 batches were pickled by numpy 1.x under Python 2 (numpy.core, bytes keys)."""
     fake_cifar_dir(tmp_path)
-    for name in data.CIFAR10_BATCHES:
+    for name in CIFAR10_BATCHES:
         raw = (tmp_path / name).read_bytes()
         (tmp_path / name).write_bytes(raw.replace(b"numpy._core.", b"numpy.core."))
     assert read_cifar10(tmp_path)[0].shape == (100, 32, 32, 3)
@@ -359,7 +361,7 @@ def test_read_cifar10_refuses_malicious_pickle(tmp_path, monkeypatch):
 
 
 def test_load_cifar10_is_nchw_and_augmented(tmp_path):
-    _, _, test_x, test_y = fake_cifar_dir(tmp_path / data.CIFAR10_DIR)
+    _, _, test_x, test_y = fake_cifar_dir(tmp_path / CIFAR10_DIR)
     splits = load_dataset("cifar10", tmp_path, val_size=10)
     assert splits.augment and splits.input_shape == (3, 32, 32)
     assert splits.train_x.shape == (90, 3, 32, 32) and splits.train_x.is_contiguous()
@@ -396,7 +398,7 @@ def test_download_mnist_tries_mirrors_and_then_loads(tmp_path, monkeypatch):
         urls = (f"https://dead.example/{path.name}", f"https://ok.example/{path.name}")
         remotes.append(RemoteFile(path.name, urls, hashlib.md5(body).hexdigest()))
         files[urls[1]] = body
-    monkeypatch.setitem(data.DOWNLOADS, "mnist", tuple(remotes))
+    patch_files(monkeypatch, "mnist", remotes=tuple(remotes))
     requested = serve(monkeypatch, files)
     root = tmp_path / "root"
 
@@ -413,9 +415,9 @@ def test_download_mnist_tries_mirrors_and_then_loads(tmp_path, monkeypatch):
 def test_download_rejects_bad_checksum_and_leaves_nothing(tmp_path, monkeypatch):
     url = "https://ok.example/train-images-idx3-ubyte.gz"
     remote = RemoteFile("train-images-idx3-ubyte.gz", (url,), "0" * 32)
-    monkeypatch.setitem(data.DOWNLOADS, "fashion_mnist", (remote,))
+    patch_files(monkeypatch, "fashion_mnist", remotes=(remote,))
     serve(monkeypatch, {url: b"tampered"})
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
+    patch_files(monkeypatch, "fashion_mnist", system_dirs=(tmp_path / "absent",))
     with pytest.raises(OSError, match="MD5"):
         load_dataset("fashion_mnist", tmp_path, download=True)
     assert list((tmp_path / "fashion_mnist").iterdir()) == []
@@ -435,22 +437,22 @@ def tar_gz(members: dict[str, bytes]) -> bytes:
 def test_download_cifar10_extracts_and_loads(tmp_path, monkeypatch):
     source = tmp_path / "source"
     fake_cifar_dir(source)
-    archive = tar_gz({f"{data.CIFAR10_DIR}/{p.name}": p.read_bytes() for p in source.iterdir()})
+    archive = tar_gz({f"{CIFAR10_DIR}/{p.name}": p.read_bytes() for p in source.iterdir()})
     url = "https://ok.example/cifar-10-python.tar.gz"
     remote = RemoteFile("cifar-10-python.tar.gz", (url,), hashlib.md5(archive).hexdigest())
-    monkeypatch.setitem(data.DOWNLOADS, "cifar10", (remote,))
+    patch_files(monkeypatch, "cifar10", remotes=(remote,))
     serve(monkeypatch, {url: archive})
     root = tmp_path / "root"
     splits = load_dataset("cifar10", root, val_size=0, download=True)
     assert len(splits.train_x) == 100
-    assert sorted(p.name for p in root.iterdir()) == [data.CIFAR10_DIR]
+    assert sorted(p.name for p in root.iterdir()) == [CIFAR10_DIR]
 
 
 def test_download_cifar10_refuses_path_traversal(tmp_path, monkeypatch):
     archive = tar_gz({"../escaped": b"x"})
     url = "https://ok.example/cifar-10-python.tar.gz"
     remote = RemoteFile("cifar-10-python.tar.gz", (url,), hashlib.md5(archive).hexdigest())
-    monkeypatch.setitem(data.DOWNLOADS, "cifar10", (remote,))
+    patch_files(monkeypatch, "cifar10", remotes=(remote,))
     serve(monkeypatch, {url: archive})
     root = tmp_path / "root"
     with pytest.raises(tarfile.FilterError):
@@ -458,123 +460,76 @@ def test_download_cifar10_refuses_path_traversal(tmp_path, monkeypatch):
     assert not (tmp_path / "escaped").exists() and list(root.iterdir()) == []
 
 
-# --- batching -----------------------------------------------------------------------------------
+# --- registry: a new dataset is one spec plus one registry entry --------------------------------
 
 
-def toy(n: int = 103) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs whose single value is the example index, and labels equal to that index."""
-    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1), torch.arange(n)
+def read_toy(directory: Path) -> tuple[torch.Tensor, ...]:
+    """The toy format: one .npz holding train_x, train_y, test_x, test_y."""
+    with np.load(directory / "toy.npz") as f:
+        return tuple(torch.from_numpy(f[k]) for k in ("train_x", "train_y", "test_x", "test_y"))
 
 
-def test_batch_stream_deterministic_and_resumable():
-    x, y = toy()
-    a, b = BatchStream(x, y, 10, data_seed=3), BatchStream(x, y, 10, data_seed=3)
-    assert a.steps_per_epoch == 10
-    walked = [a.batch(step) for step in range(35)]
-    for step in (34, 0, 17, 9, 10, 25):  # fresh instance, arbitrary order
-        xb, yb = b.batch(step)
-        assert torch.equal(xb, walked[step][0]) and torch.equal(yb, walked[step][1])
-        assert torch.equal(xb.view(-1).long(), yb)
+def test_registering_a_toy_dataset_makes_it_loadable(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    arrays = {
+        "train_x": rng.integers(0, 256, (40, 2, 5, 5), dtype=np.uint8),
+        "train_y": np.arange(40, dtype=np.int64) % 3,
+        "test_x": rng.integers(0, 256, (9, 2, 5, 5), dtype=np.uint8),
+        "test_y": np.arange(9, dtype=np.int64) % 3,
+    }
+    arrays["train_x"][:, 0, 0, 0] = np.arange(40)  # each training image carries its index
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    body = buffer.getvalue()
+    url = "https://ok.example/toy.npz"
+    toy = DatasetSpec(
+        title="Toy",
+        num_classes=3,
+        mean=(0.5, 0.25),
+        std=(0.5, 0.125),
+        augment=True,
+        files=Files(
+            subdirs=("toy",),
+            expected="toy.npz",
+            present=lambda d: (d / "toy.npz").is_file(),
+            read=read_toy,
+            remotes=(RemoteFile("toy.npz", (url,), hashlib.md5(body).hexdigest()),),
+            download=fetch_all,
+        ),
+    )
+    monkeypatch.setitem(datasets.REGISTRY, "toy", toy)
+    with pytest.raises(UnknownDatasetError, match="toy"):
+        load_dataset("nope")
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("toy", tmp_path)
+    assert str(err.value).startswith(f"Toy not found. Looked in:\n  {tmp_path / 'toy'}\n")
+    assert "Expected files: toy.npz\n" in str(err.value)
+
+    requested = serve(monkeypatch, {url: body})
+    splits = load_dataset("toy", tmp_path, val_size=10, split_seed=3, download=True)
+    assert requested == [url] and (tmp_path / "toy" / "toy.npz").read_bytes() == body
+    assert splits.describe() == {
+        "name": "toy",
+        "train_size": 30,
+        "val_size": 10,
+        "test_size": 9,
+        "num_classes": 3,
+        "input_shape": [2, 5, 5],
+        "augment": True,
+    }
+    mean = torch.tensor([0.5, 0.25]).view(2, 1, 1)
+    std = torch.tensor([0.5, 0.125]).view(2, 1, 1)
+    normalise = lambda x: (torch.from_numpy(x).float() / 255 - mean) / std  # noqa: E731
+    torch.testing.assert_close(splits.test_x, normalise(arrays["test_x"]))
+    assert splits.test_y.tolist() == arrays["test_y"].tolist()
+    ids = {k: (getattr(splits, k)[:, 0, 0, 0] * 0.5 + 0.5) * 255 for k in ("train_x", "val_x")}
+    train_ids, val_ids = (ids[k].round().long() for k in ("train_x", "val_x"))
+    perm = torch.randperm(40, generator=torch.Generator().manual_seed(3))
+    assert val_ids.tolist() == sorted(perm[:10].tolist())
+    assert train_ids.tolist() == sorted(perm[10:].tolist())
+    assert splits.train_y.tolist() == arrays["train_y"][train_ids.numpy()].tolist()
 
 
-def test_batch_stream_each_example_once_per_epoch():
-    x, y = toy(100)
-    stream = BatchStream(x, y, 20, data_seed=0)
-    for epoch in range(3):
-        seen = torch.cat([stream.batch(epoch * 5 + i)[1] for i in range(5)])
-        assert sorted(seen.tolist()) == list(range(100))
-    first = torch.cat([stream.batch(i)[1] for i in range(5)])
-    second = torch.cat([stream.batch(5 + i)[1] for i in range(5)])
-    assert not torch.equal(first, second)
-
-
-def test_batch_stream_seed_changes_order():
-    x, y = toy()
-    a, b = BatchStream(x, y, 10, data_seed=0), BatchStream(x, y, 10, data_seed=1)
-    assert not torch.equal(a.batch(0)[1], b.batch(0)[1])
-
-
-@pytest.mark.parametrize("augment", [False, True])
-def test_rank_chunks_concatenate_to_global_batch(augment):
-    x = torch.randn(64, 3, 8, 8)
-    y = torch.arange(64)
-    full = BatchStream(x, y, 16, data_seed=5, augment=augment)
-    ranks = [BatchStream(x, y, 16, 5, augment=augment, rank=r, world_size=4) for r in range(4)]
-    for step in (0, 3, 7):
-        xs, ys = zip(*(r.batch(step) for r in ranks), strict=True)
-        assert all(len(part) == 4 for part in ys)
-        gx, gy = full.batch(step)
-        assert torch.equal(torch.cat(xs), gx) and torch.equal(torch.cat(ys), gy)
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"batch_size": 200}, "dataset smaller than batch"),
-        ({"batch_size": 0}, "positive multiple"),
-        ({"batch_size": 10, "world_size": 3}, "multiple of world_size 3"),
-        ({"batch_size": 10, "rank": 2, "world_size": 2}, "rank"),
-    ],
-)
-def test_batch_stream_rejects_bad_config(kwargs, match):
-    x, y = toy()
-    with pytest.raises(ValueError, match=match):
-        BatchStream(x, y, data_seed=0, **kwargs)
-
-
-def test_batch_stream_augment_is_reproducible_and_uses_step_seed():
-    x = torch.randn(40, 3, 8, 8)
-    y = torch.arange(40)
-    a = BatchStream(x, y, 8, data_seed=2, augment=True)
-    b = BatchStream(x, y, 8, data_seed=2, augment=True)
-    plain = BatchStream(x, y, 8, data_seed=2)
-    assert torch.equal(a.batch(6)[0], b.batch(6)[0])
-    assert torch.equal(a.batch(6)[1], plain.batch(6)[1])
-    assert not torch.equal(a.batch(6)[0], plain.batch(6)[0])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_batch_stream_same_batches_on_cuda():
-    x = torch.randn(50, 3, 8, 8)
-    y = torch.arange(50)
-    cpu = BatchStream(x, y, 8, data_seed=4, augment=True)
-    gpu = BatchStream(x.cuda(), y.cuda(), 8, data_seed=4, augment=True)
-    for step in (0, 5, 6, 13):
-        gx, gy = gpu.batch(step)
-        assert gx.is_cuda
-        cx, cy = cpu.batch(step)
-        assert torch.equal(gx.cpu(), cx) and torch.equal(gy.cpu(), cy)
-
-
-# --- augmentation -------------------------------------------------------------------------------
-
-
-def test_crop_flip_identity_and_flip():
-    x = torch.randn(5, 3, 8, 8)
-    zero = torch.zeros(5, 2, dtype=torch.long)
-    assert torch.equal(crop_flip(x, zero, torch.zeros(5, dtype=torch.bool)), x)
-    assert torch.equal(crop_flip(x, zero, torch.ones(5, dtype=torch.bool)), torch.flip(x, [-1]))
-
-
-def test_crop_flip_shift_fills_with_zeros():
-    x = torch.arange(1, 17, dtype=torch.float32).view(1, 1, 4, 4)
-    out = crop_flip(x, torch.tensor([[1, -2]]), torch.tensor([False]))
-    expected = torch.zeros(4, 4)
-    expected[:3, 2:] = x[0, 0, 1:, :2]
-    assert torch.equal(out[0, 0], expected)
-
-
-def test_augment_batch_properties():
-    x = torch.randn(6, 3, 10, 10)
-    out = augment_batch(x, torch.Generator().manual_seed(0))
-    assert out.shape == x.shape
-    assert torch.equal(out, augment_batch(x, torch.Generator().manual_seed(0)))
-    assert not torch.equal(out, augment_batch(x, torch.Generator().manual_seed(1)))
-    for i in range(len(x)):  # every output is some shift (+ flip) of its own input
-        options = [
-            crop_flip(x[i : i + 1], torch.tensor([[dy, dx]]), torch.tensor([flip]))
-            for dy in range(-4, 5)
-            for dx in range(-4, 5)
-            for flip in (False, True)
-        ]
-        assert any(torch.equal(out[i : i + 1], o) for o in options)
+def test_spec_needs_exactly_one_source():
+    with pytest.raises(ValueError, match="exactly one of files and generate"):
+        DatasetSpec("bad", 2, (0.0,), (1.0,), False)
