@@ -66,6 +66,21 @@ def parse_granularity(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def add_mask_args(
+    g: argparse._ArgumentGroup, criteria: Iterable[str] | None = None, criterion: str = "magnitude"
+) -> None:
+    """--granularity and --criterion (from `criteria`, default every registered one)."""
+    from lottery.criteria import CRITERIA  # torch loads only for the command being run
+
+    g.add_argument(
+        "--granularity",
+        type=parse_granularity,
+        default="weight",
+        help="weight, filter, channel or N:M (e.g. 2:4: at most N kept in M consecutive inputs)",
+    )
+    g.add_argument("--criterion", choices=sorted(criteria or CRITERIA), default=criterion)
+
+
 def parse_floats(text: str) -> tuple[float, ...]:
     """`0.5,0.75` as a tuple of floats (as for --milestones, --betas)."""
     return tuple(float(t) for t in text.split(",") if t.strip())

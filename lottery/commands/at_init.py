@@ -8,9 +8,9 @@ from lottery import layout
 from lottery.at_init import CONTEXT, CONTROLS, AtInitConfig, run_at_init
 from lottery.build import load_data
 from lottery.cli import (
+    add_mask_args,
     add_train_args,
     config_from_args,
-    parse_granularity,
     parse_ints,
     parse_scales,
 )
@@ -30,7 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_train_args(p, "checkpoints/at_init")
     g = p.add_argument_group("pruning at initialisation")
-    g.add_argument("--criterion", choices=USABLE, default="snip")
     g.add_argument(
         "--sparsities",
         type=lambda s: tuple(float(t) for t in s.split(",") if t.strip()),
@@ -38,12 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated sparsities in [0, 1) (default 0.5,0.8,0.9,0.95,0.98)",
     )
     g.add_argument("--scope", choices=SCOPES, default="global", help="global as the papers do")
-    g.add_argument(
-        "--granularity",
-        type=parse_granularity,
-        default="weight",
-        help="weight, filter, channel or N:M (e.g. 2:4)",
-    )
+    add_mask_args(g, USABLE, "snip")
     g.add_argument(
         "--rate-scale",
         type=parse_scales,

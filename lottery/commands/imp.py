@@ -8,12 +8,11 @@ from lottery.build import load_data
 from lottery.cli import (
     COMMANDS,
     add_batch_args,
+    add_mask_args,
     add_train_args,
     config_from_args,
-    parse_granularity,
     parse_scales,
 )
-from lottery.criteria import CRITERIA
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
 from lottery.masks import SCOPES
 from lottery.runfolder import check_writable
@@ -38,13 +37,7 @@ def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=None,
         help="per-tensor multipliers of the rate, e.g. classifier.4.weight=0.5 (0 leaves it unpruned)",
     )
-    g.add_argument(
-        "--granularity",
-        type=parse_granularity,
-        default="weight",
-        help="weight, filter, channel or N:M (e.g. 2:4: at most N kept in M consecutive inputs)",
-    )
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default="magnitude")
+    add_mask_args(g)
     g.add_argument(
         "--controls",
         type=lambda s: tuple(filter(None, s.split(","))),

@@ -10,14 +10,13 @@ from lottery.build import load_data
 from lottery.cli import (
     COMMANDS,
     add_batch_args,
+    add_mask_args,
     add_train_args,
     config_from_args,
-    parse_granularity,
     parse_scales,
 )
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError, check_seeds
-from lottery.criteria import CRITERIA
 from lottery.gradual import GradualRun, PruningSettings, train_gradual
 from lottery.masks import SCOPES, Mask
 from lottery.pruner import run_length
@@ -47,13 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mask update frequency: a number of steps, or 'epoch' (default 100)",
     )
     g.add_argument("--scope", choices=SCOPES, default="layer", help="per layer, or one threshold")
-    g.add_argument(
-        "--granularity",
-        type=parse_granularity,
-        default="weight",
-        help="weight, filter, channel or N:M (e.g. 2:4: at most N kept in M consecutive inputs)",
-    )
-    g.add_argument("--criterion", choices=sorted(CRITERIA), default="magnitude")
+    add_mask_args(g)
     g.add_argument(
         "--rate-scale",
         type=parse_scales,
