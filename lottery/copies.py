@@ -6,12 +6,14 @@ GPU small steps are bound by kernel launches). The loss is the sum of each copy'
 each copy's gradient is its own; one optimizer over stacked tensors is elementwise K optimizers
 (SGD with momentum, Nesterov or weight decay; Adam, AdamW) when the copies share its step count
 and settings. Results match separate runs to float tolerance (batched products round otherwise).
-Both kinds offer the engine a batch, the losses, a copy's weights, gradients, new mask and state,
-and the evaluation of every copy.
+Both kinds offer the engine a batch, the losses, a copy's tracked tensors, new mask and state,
+and the evaluation of every copy. On CPU, stacked convolutions (vmap groups them) run slower than
+K separate ones, so batching pays there for fully connected nets only.
 """
 
 from __future__ import annotations
 
+from logging import getLogger
 from typing import Any
 
 import torch
@@ -141,6 +143,8 @@ class StackedCopies:
         self.runs = [s.runs[0] for s in singles]
         lead = self.runs[0]
         self.cfg, self.device, self.k = lead.cfg, lead.device, len(singles)
+        if self.device.type == "cpu" and any(p.dim() == 4 for p in lead.model.parameters()):
+            getLogger(__name__).warning("%d conv nets stacked on CPU run slower", self.k)
         self.template = lead.model  # functional_call lends it the stacked tensors for each call
         states = [s.model.state_dict(keep_vars=True) for s in singles]
         named = dict(self.template.named_parameters())
@@ -291,6 +295,5 @@ class StackedCopies:
 
 def _part(key: str, value: Any, i: int) -> Any:
     """Copy i's part of one stacked optimizer-state entry."""
-    if not torch.is_tensor(value):
-        return value
-    return value.clone() if key in SHARED_STATE else value[i].clone()
+    shared = key in SHARED_STATE or not torch.is_tensor(value)
+    return value if not torch.is_tensor(value) else value.clone() if shared else value[i].clone()
