@@ -30,8 +30,8 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from lottery import layout
-from lottery.build import load_data, make_model
-from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.build import compact_run, load_data, make_model
+from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.criteria import Context, check, score, training_batches
 from lottery.datasets import Splits
 from lottery.engine import train_runs
@@ -43,10 +43,10 @@ from lottery.masks import (
     check_rate,
     prune,
     random_mask_like,
-    save_sparse,
 )
 from lottery.run import RunSpec, TrainResult
-from lottery.storage import load_checkpoint, provenance, read_json, write_json
+from lottery.runfolder import hold
+from lottery.storage import provenance, read_json, write_json
 from lottery.trainer import Trainer
 
 CONTROLS = ("layer-shuffle", "reinit", "invert")
@@ -114,8 +114,8 @@ def run_at_init(
     with `settings.batched`, all networks of one sparsity (every seed) train as one stacked model.
     """
     out = Path(out)
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise ConfigError(f"seeds must be distinct and at least one, got {list(seeds)}")
+    if seeds is not None:
+        check_seeds(seeds)
     cfgs = [cfg] if seeds is None else [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
     outs = [out] if seeds is None else [layout.seed_dir(out, s) for s in seeds]
     data = load_data(cfg)
@@ -129,6 +129,18 @@ def run_at_init(
         rate_scale=settings.rate_scale,
     )  # a dry run: a layer N:M cannot apply to, or a rate for a missing layer, fails here
     Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
+    with hold(out):  # one writer per study folder, taken once everything is validated
+        return _study(cfgs, outs, data, settings, progress)
+
+
+def _study(
+    cfgs: list[TrainConfig],
+    outs: list[Path],
+    data: Splits,
+    settings: AtInitConfig,
+    progress: bool,
+) -> list[dict]:
+    """Every sparsity's pruned network and controls, trained; the summaries written and printed."""
     for c, o in zip(cfgs, outs, strict=True):
         _write_settings(o, c, settings)
 
@@ -141,7 +153,7 @@ def run_at_init(
             metrics = {}
             for name, spec in search:
                 metrics[name] = _metrics(next(results))
-                _finish(spec.run_dir, spec.mask)
+                compact_run(spec.run_dir, spec.mask)
             pruned = next(spec.mask for name, spec in search if name == PRUNED)
             row = {
                 "sparsity": s,
@@ -244,14 +256,6 @@ def _prune(settings: AtInitConfig, scores: dict, sparsity: float) -> Mask:
         granularity=settings.granularity,
         rate_scale=settings.rate_scale,
     ).cpu()
-
-
-def _finish(run: Path, mask: Mask) -> None:
-    """A finished run's final checkpoint becomes its compact sparse weights."""
-    final = layout.checkpoint_dir(run) / layout.FINAL
-    if final.exists():
-        save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / layout.WEIGHTS)
-        final.unlink()
 
 
 def _metrics(result: TrainResult) -> dict[str, Any]:

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lottery import layout
+from lottery import distributed, layout
 from lottery.config import ConfigError, TrainConfig
 from lottery.datasets import Splits, load_dataset
 from lottery.device import resolve_device
-from lottery.masks import Mask, load_sparse
+from lottery.masks import Mask, load_sparse, save_sparse
 from lottery.models import build_model
 from lottery.storage import load_checkpoint, read_json
 
@@ -90,3 +90,15 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if mask is not None:
         mask.apply_(model)
     return LoadedRun(cfg, model.to(device).eval(), mask.to(device) if mask else None, record)
+
+
+def compact_run(run_dir: Path, mask: Mask, weights: bool = True, keep: bool = False) -> None:
+    """Turn a finished run's final checkpoint into its compact record: sparse weights (unless
+    `weights` is False), dropping the checkpoint unless `keep`. Rank 0 writes; the others wait."""
+    final = layout.checkpoint_dir(run_dir) / layout.FINAL
+    if distributed.is_main() and final.exists():
+        if weights:
+            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run_dir / layout.WEIGHTS)
+        if not keep:
+            final.unlink()
+    distributed.barrier(f"waiting for rank 0 to finish {run_dir}")

@@ -164,11 +164,10 @@ class Engine:
                     r.tally.seconds += seconds
                 loss_sum.zero_()
                 count = 0
-            if eval_due:
-                record(c, done, self.data, hooks)
-            for i in (i for i, r in enumerate(runs) if ckpt_due and r.checkpoint_due(done)):
-                checkpoint(c, i, done, hooks)
-            if eval_due or ckpt_due:
+                if eval_due:
+                    record(c, done, self.data, hooks)
+                for i in (i for i, r in enumerate(runs) if ckpt_due and r.checkpoint_due(done)):
+                    checkpoint(c, i, done, hooks)
                 t0 = time.perf_counter()
             for hook in hooks.after_step:
                 hook(done)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lottery import distributed, layout
-from lottery.build import load_data, make_model
+from lottery.build import compact_run, load_data, make_model
 from lottery.checks import check_rate_scale
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.criteria import CRITERIA, Context, check, score, training_batches
@@ -37,13 +37,12 @@ from lottery.masks import (
     load_sparse,
     prune,
     random_mask_like,
-    save_sparse,
 )
 from lottery.models import output_layer_name, prunable_names
 from lottery.pruner import run_length
 from lottery.run import RunSpec, StartState, TrainResult
 from lottery.runfolder import describe_diff, hold
-from lottery.storage import load_checkpoint, provenance, read_json, write_json
+from lottery.storage import provenance, read_json, write_json
 
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
 
@@ -301,7 +300,7 @@ def _rounds(
             result = next(results)
             weights = name is None or imp.save_control_weights
             kept = spec.mask if spec.mask is not None else mask
-            _finish(spec.run_dir, kept, weights=weights, keep=imp.keep_checkpoints)
+            compact_run(spec.run_dir, kept, weights=weights, keep=imp.keep_checkpoints)
             if name is None:
                 ticket = result
             else:
@@ -448,20 +447,6 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     """A finished run's final weights, exactly, from its sparse record."""
     state, _ = load_sparse(run / layout.WEIGHTS)
     return state
-
-
-def _finish(run: Path, mask: Mask, weights: bool, keep: bool) -> None:
-    """Turn a finished run's final checkpoint into its compact record (sparse weights).
-
-    Rank 0 writes it; the other ranks wait, since the next round reads it.
-    """
-    final = layout.checkpoint_dir(run) / layout.FINAL
-    if distributed.is_main() and final.exists():
-        if weights:
-            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run / layout.WEIGHTS)
-        if not keep:
-            final.unlink()
-    distributed.barrier(f"waiting for rank 0 to finish {run}")
 
 
 def _metrics(result: TrainResult) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from lottery.cli import (
 )
 from lottery.criteria import CRITERIA
 from lottery.masks import SCOPES
+from lottery.runfolder import check_writable
 
 USABLE = sorted(n for n, c in CRITERIA.items() if set(c.needs) <= CONTEXT)
 
@@ -69,6 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    check_writable(args.out, "--out")
     controls = () if args.controls == ("none",) else args.controls
     settings = AtInitConfig(
         criterion=args.criterion,
