@@ -87,12 +87,16 @@ class IMPConfig:
     rewind_step: int = 0
     finetune_lr: float | None = None
     controls: tuple[str, ...] = ()
+    control_rounds: tuple[int, ...] = ()  # train the controls only at these rounds (empty: every)
     save_control_weights: bool = False
     keep_checkpoints: bool = False
     batched: bool = False
 
     def __post_init__(self) -> None:
         self.controls = tuple(self.controls)
+        self.control_rounds = tuple(self.control_rounds)
+        if any(r < 1 for r in self.control_rounds):
+            raise ConfigError(f"control rounds must be >= 1, got {list(self.control_rounds)}")
         if self.rounds < 0:
             raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
         if self.reset not in RESETS:
@@ -336,7 +340,8 @@ def _round_runs(
         cfg, rdir / layout.TICKET, make_model(cfg, data), mask if r else None, start,
         record={"label": f"round {r}", "round": r},
     )  # fmt: skip
-    controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if r else ())]
+    due = r > 0 and (not imp.control_rounds or r in imp.control_rounds)
+    controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if due else ())]
     return [(None, ticket, {}), *controls]
 
 
@@ -467,10 +472,17 @@ def _settings(imp: IMPConfig) -> dict[str, Any]:
 
 # --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
 _FREE_SETTINGS = ("rounds", "batched")
+# settings added after searches were recorded: at these defaults they stay out of the fingerprint,
+# so those searches still resume
+_LATER_SETTINGS: dict[str, Any] = {"control_rounds": ()}
 
 
 def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
-    settings = {k: v for k, v in _settings(imp).items() if k not in _FREE_SETTINGS}
+    settings = {
+        k: v
+        for k, v in _settings(imp).items()
+        if k not in _FREE_SETTINGS and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])
+    }
     return hashlib.sha256(
         json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), settings], sort_keys=True).encode()
     ).hexdigest()[:16]

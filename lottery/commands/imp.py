@@ -11,6 +11,7 @@ from lottery.cli import (
     add_mask_args,
     add_train_args,
     config_from_args,
+    parse_ints,
     parse_scales,
 )
 from lottery.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
@@ -44,6 +45,12 @@ def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=(),
         help=f"comma-separated, from {', '.join(CONTROLS)}",
     )
+    g.add_argument(
+        "--control-rounds",
+        type=parse_ints,
+        default=(),
+        help="train the controls only at these rounds, e.g. 3,6,9 (default: every round)",
+    )
     return g
 
 
@@ -57,6 +64,7 @@ def pruning_settings(args: argparse.Namespace) -> dict:
         "granularity": args.granularity,
         "criterion": args.criterion,
         "controls": args.controls,
+        "control_rounds": args.control_rounds,
     }
 
 
