@@ -23,6 +23,7 @@ BEST_VAL = "at min. validation loss"  # the early-stopping criterion of Frankle 
 ACCURACY = {
     "test_acc_pct": "test accuracy, end of training (%)",
     "test_acc_best_val_pct": f"test accuracy {BEST_VAL} (%)",
+    "best_val_step": "early-stopping step (minimum validation loss)",
 }
 
 

@@ -184,3 +184,28 @@ def test_cli_prints_the_table_and_reports_bad_input(tmp_path, capsys):
         == 2
     )
     assert "[0, 1)" in capsys.readouterr().err
+
+
+def test_control_rounds_train_controls_only_where_named(tmp_path, capsys):
+    cfg = tiny(steps=20)
+    summary = run_imp(
+        cfg, imp(rounds=3, controls=("random-reinit",), control_rounds=(2,)), tmp_path,
+        progress=False,
+    )  # fmt: skip
+    assert [set(r.get("controls", {})) for r in summary["rounds"]] == [
+        set(), set(), {"random-reinit"}, set()
+    ]  # fmt: skip
+    assert not (tmp_path / "round_01" / "random_reinit").exists()
+    assert (tmp_path / "round_02" / "random_reinit").is_dir()
+    # other control rounds make another search: refused, naming the setting
+    with pytest.raises(ConfigError, match="control_rounds"):
+        run_imp(cfg, imp(rounds=3, controls=("random-reinit",)), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=">= 1"):
+        IMPConfig(control_rounds=(0,))
+    args = ["imp", "--model", "lenet_32", "--dataset", "synthetic", "--steps", "10",
+            "--batch-size", "32", "--rounds", "2", "--controls", "random-prune",
+            "--control-rounds", "2", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "cli")]  # fmt: skip
+    assert main(args) == 0
+    rows = json.loads((tmp_path / "cli" / "summary.json").read_text())["rounds"]
+    assert [sorted(r.get("controls", {})) for r in rows] == [[], [], ["random-prune"]]
