@@ -264,14 +264,17 @@ def overlap_heatmap(
 
 
 def instability_curves(rows: list[dict], title: str = "Linear interpolation") -> Figure:
-    """Test error (%) along the linear path between the two copies, one line per start step."""
-    colors = _palette([f"k={r['step']}" for r in rows])
+    """Test error (%) along the linear path between two copies: one line per pair of copies,
+    one colour per start step."""
+    colors = _palette(list(dict.fromkeys(f"k={r['step']}" for r in rows)))
+    seen: set[str] = set()
     with style():
         fig, (ax,) = new_figure()
         for r in rows:
             label = f"k={r['step']}"
-            ax.plot(r["alpha"], [100 * e for e in r["test_error"]], marker=".", label=label,
-                    color=colors[label])  # fmt: skip
+            ax.plot(r["alpha"], [100 * e for e in r["test_error"]], marker=".", color=colors[label],
+                    label=None if label in seen else label)  # fmt: skip
+            seen.add(label)
         ax.set_xlabel("interpolation α (0: copy A, 1: copy B)")
         ax.set_ylabel("test error (%)")
         _legend(ax, "start step")
@@ -279,25 +282,46 @@ def instability_curves(rows: list[dict], title: str = "Linear interpolation") ->
     return fig
 
 
-def barrier_vs_step(series: dict[str, list[dict]], title: str | None = None) -> Figure:
-    """Error barrier (%) against the start step k, one line per network; steps are placed evenly
-    (they usually grow geometrically) and labelled with their values."""
-    steps = sorted({r["step"] for rows in series.values() for r in rows})
+def draw_barriers(ax: Axes, series: dict[str, list[dict]], steps: list[int]) -> bool:
+    """On `ax`, per network: the mean error barrier (%) against the start step, placed at the
+    index of its step in `steps`; where rows carry pairs (`lottery.instability.step_summary`),
+    each pair's barrier as a dot and the sample std over pairs as a bar (networks side by side,
+    slightly apart). Returns whether any pairs were drawn."""
     where = {s: i for i, s in enumerate(steps)}
     colors = _palette(list(series))
+    drawn = False
+    for j, (label, rows) in enumerate(series.items()):
+        rows = sorted(rows, key=lambda r: r["step"])
+        shift = 0.08 * (j - (len(series) - 1) / 2)
+        x = [where[r["step"]] + shift for r in rows]
+        c = colors[label]
+        ax.plot(x, [100 * r["barrier"] for r in rows], marker="o", label=label, color=c)
+        for xi, r in zip(x, rows, strict=True):
+            if r.get("pairs"):
+                drawn = True
+                dots = [100 * p["barrier"] for p in r["pairs"]]
+                ax.scatter([xi] * len(dots), dots, s=20, color=c, alpha=0.6, lw=0)
+            if r.get("barrier_std") is not None:
+                ax.errorbar([xi], [100 * r["barrier"]], yerr=[100 * r["barrier_std"]],
+                            fmt="none", ecolor=c, capsize=3, lw=1)  # fmt: skip
+    ax.axhline(2.0, ls="--", c="grey", lw=1)  # stability threshold of Frankle et al. 2020
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps])
+    ax.set_xlabel("start (rewind) step k, iterations (evenly spaced)")
+    ax.set_ylabel("error barrier (% test error)")
+    ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+    return drawn
+
+
+def barrier_vs_step(series: dict[str, list[dict]], title: str | None = None) -> Figure:
+    """Error barrier (%) against the start step k, one line per network; steps are placed evenly
+    (they usually grow geometrically) and labelled with their values (see `draw_barriers`)."""
+    steps = sorted({r["step"] for rows in series.values() for r in rows})
     with style():
         fig, (ax,) = new_figure()
-        for label, rows in series.items():
-            rows = sorted(rows, key=lambda r: r["step"])
-            ax.plot([where[r["step"]] for r in rows], [100 * r["barrier"] for r in rows],
-                    marker="o", label=label, color=colors[label])  # fmt: skip
-        ax.axhline(2.0, ls="--", c="grey", lw=1)  # stability threshold of Frankle et al. 2020
-        ax.set_xticks(range(len(steps)), [str(s) for s in steps])
-        ax.set_xlabel("start (rewind) step k, iterations (evenly spaced)")
-        ax.set_ylabel("error barrier (% test error)")
-        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
+        pairs = draw_barriers(ax, series, steps)
         _legend(ax, "network")
-        ax.set_title(title or "Instability vs start step (dashed: 2% stability threshold)")
+        what = "mean over pairs, bars: ± std, dots: pairs; " if pairs else ""
+        ax.set_title(title or f"Instability vs start step\n({what}dashed: 2% stability threshold)")
     return fig
 
 

@@ -180,23 +180,39 @@ def sweep_section(run: Path) -> Section:
     return figures, text, {"rounds.csv": frame.to_csv(index=False).encode()}
 
 
+def barrier_cell(row: dict) -> str:
+    """An instability row's barrier in %: `mean ± std (n=N)` over its pairs (`mean (n=1)`)."""
+    if row["barrier_std"] is None:
+        return f"{100 * row['barrier']:.2f} (n={row['n_pairs']})"
+    return f"{100 * row['barrier']:.2f} ± {100 * row['barrier_std']:.2f} (n={row['n_pairs']})"
+
+
 def instability_section(run: Path) -> Section:
-    """Error barrier vs starting step and the interpolation curves."""
+    """Error barrier vs starting step (mean ± std over pairs, each pair's value) and the
+    interpolation curves of every pair."""
     result = read_json(run / layout.INSTABILITY)
     rows = result["rows"]
     label = "dense" if result["density"] == 1.0 else f"{100 * result['density']:.1f}% weights"
     figures = {
         "barrier_vs_step": plots.barrier_vs_step({label: rows}),
         "instability_curves": plots.instability_curves(
-            rows, f"Linear interpolation between two copies ({label})"
+            [p for r in rows for p in r["pairs"]],
+            f"Linear interpolation between pairs of copies ({label})",
         ),
     }
     table = _table(
-        ["start step k", "barrier %", "endpoint errors %"],
-        [[r["step"], _pct(r["barrier"]), " / ".join(_pct(e) for e in r["endpoint_errors"])]
+        ["start step k", "barrier % mean ± std", "95% CI %", "per pair %",
+         "endpoint errors % per pair", "mean endpoint gap %"],
+        [[r["step"], barrier_cell(r),
+          "-" if r["barrier_ci95_low"] is None
+          else f"[{_pct(r['barrier_ci95_low'])}, {_pct(r['barrier_ci95_high'])}]",
+          ", ".join(_pct(p["barrier"]) for p in r["pairs"]),
+          ", ".join(" / ".join(_pct(e) for e in p["endpoint_errors"]) for p in r["pairs"]),
+          _pct(r["endpoint_gap"])]
          for r in rows],
     )  # fmt: skip
-    return figures, f"## Instability `{run}` ({label}, seeds {result['seeds']})\n\n{table}", {}
+    pairs = ", ".join(f"{a}:{b}" for a, b in result["pairs"])
+    return figures, f"## Instability `{run}` ({label}, seed pairs {pairs})\n\n{table}", {}
 
 
 def curve_section(run: Path) -> Section:

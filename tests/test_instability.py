@@ -1,17 +1,28 @@
-"""Instability: interpolation, BatchNorm re-estimation, and the sweep's records and refusals."""
+"""Instability: interpolation, BatchNorm re-estimation, the sweep's pairs, records and refusals."""
 
 from __future__ import annotations
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 
+from lottery import engine
+from lottery import instability as instability_module
 from lottery.build import load_data, make_model
+from lottery.cli import main
 from lottery.config import ConfigError
-from lottery.instability import error_curve, instability_sweep, interpolate, reestimate_batchnorm
+from lottery.instability import (
+    error_barrier,
+    error_curve,
+    instability_sweep,
+    interpolate,
+    reestimate_batchnorm,
+)
 from lottery.masks import Mask
 from tests.conftest import tiny
 
@@ -84,3 +95,131 @@ def test_sweep_of_a_pruned_subnetwork_records_and_refuses_other_settings(tmp_pat
         instability_sweep(
             cfg.replace(lr=0.01), [0], tmp_path / "other", dense=tmp_path / "dense", progress=False
         )
+
+
+TINY_FLAGS = [
+    "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "20", "--batch-size", "32",
+    "--optimizer", "sgd", "--lr", "0.05", "--device", "cpu", "--no-progress",
+]  # fmt: skip
+# An unstable tiny setting (SGD at a high rate from step 0) whose three pairs give clearly
+# different barriers (2.8%, 4.7% and 6.7% at 1 and 2 threads).
+UNSTABLE = dict(steps=30, lr=0.2, eval_every=30)
+PAIRS = [(1, 2), (3, 4), (5, 6)]
+
+
+class Killed(Exception):
+    """Stands in for a kill in the middle of a sweep."""
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("trained or evaluated a copy that was already recorded")
+
+
+def _copies(out) -> dict:
+    """Modification times of every copy's records (they change when a copy trains)."""
+    return {
+        p: p.stat().st_mtime_ns
+        for p in sorted(out.glob("step_*/copy_*/*"))
+        if p.is_file() and p.name != "config.json"
+    }
+
+
+def test_several_pairs_give_per_pair_barriers_with_their_statistics(tmp_path, monkeypatch):
+    cfg = tiny(**UNSTABLE)
+    curve = instability_module.error_curve
+    calls = []
+
+    def killed_on_second_curve(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Killed
+        return curve(*args, **kwargs)
+
+    monkeypatch.setattr(instability_module, "error_curve", killed_on_second_curve)
+    with pytest.raises(Killed):  # killed after pair 3:4 trained, before its curve was recorded
+        instability_sweep(cfg, [0], tmp_path, seeds=PAIRS, progress=False)
+    monkeypatch.setattr(instability_module, "error_curve", curve)
+    before = _copies(tmp_path)
+    assert {p.parent.name for p in before} == {"copy_1", "copy_2", "copy_3", "copy_4"}
+    result = instability_sweep(cfg, [0], tmp_path, seeds=PAIRS, progress=False)
+    after = _copies(tmp_path)
+    assert {p: after[p] for p in before} == before  # the four finished copies did not retrain
+    assert result["pairs"] == [list(p) for p in PAIRS] and result["seeds"] == [1, 2, 3, 4, 5, 6]
+
+    (row,) = result["rows"]
+    pairs = row["pairs"]
+    barriers = np.array([p["barrier"] for p in pairs])
+    assert [p["seeds"] for p in pairs] == [list(p) for p in PAIRS]
+    assert len(set(barriers.tolist())) == 3
+    half = stats.t.ppf(0.975, 2) * barriers.std(ddof=1) / np.sqrt(3)
+    assert row["n_pairs"] == 3
+    assert row["barrier"] == pytest.approx(barriers.mean())
+    assert row["barrier_std"] == pytest.approx(barriers.std(ddof=1))
+    assert row["barrier_ci95_low"] == pytest.approx(barriers.mean() - half)
+    assert row["barrier_ci95_high"] == pytest.approx(barriers.mean() + half)
+    gaps = [abs(p["endpoint_errors"][0] - p["endpoint_errors"][1]) for p in pairs]
+    assert row["endpoint_gap"] == pytest.approx(np.mean(gaps)) and max(gaps) > 0
+    for p in pairs:  # each barrier is the one its recorded curve gives
+        a, b = p["seeds"]
+        recorded = json.loads((tmp_path / "step_0000000" / f"curve_{a}_{b}.json").read_text())
+        assert recorded == p and len(p["test_error"]) == 11
+        assert p["barrier"] == error_barrier(p["test_error"])
+        assert p["endpoint_errors"] == [p["test_error"][0], p["test_error"][-1]]
+    assert json.loads((tmp_path / "instability.json").read_text())["rows"] == result["rows"]
+
+    # a rerun trains and evaluates nothing; a rerun with one more pair trains only that pair
+    monkeypatch.setattr(engine.Engine, "loop", _refuse)
+    monkeypatch.setattr(instability_module, "error_curve", _refuse)
+    assert instability_sweep(cfg, [0], tmp_path, seeds=PAIRS, progress=False) == result
+    monkeypatch.undo()
+    grown = instability_sweep(cfg, [0], tmp_path, seeds=[*PAIRS, (7, 8)], progress=False)
+    assert grown["rows"][0]["pairs"][:3] == pairs and grown["rows"][0]["n_pairs"] == 4
+    assert {p: t for p, t in _copies(tmp_path).items() if p in after} == after
+    with pytest.raises(ConfigError, match="not dropped"):
+        instability_sweep(cfg, [0], tmp_path, seeds=PAIRS, progress=False)
+
+
+def test_a_one_pair_sweep_recorded_before_pairs_reads_back_without_training(tmp_path, monkeypatch):
+    cfg = tiny(steps=20, eval_every=20)
+    first = instability_sweep(cfg, [0], tmp_path, progress=False)
+    # the layout of a one-pair sweep before several pairs: step_k/curve.json, settings "seeds"
+    step = tmp_path / "step_0000000"
+    (step / "curve_1_2.json").rename(step / "curve.json")
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    settings["seeds"] = settings.pop("pairs")[0]
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    monkeypatch.setattr(engine.Engine, "loop", _refuse)
+    monkeypatch.setattr(instability_module, "error_curve", _refuse)
+    assert instability_sweep(cfg, [0], tmp_path, progress=False) == first
+
+
+@pytest.mark.parametrize(
+    "flags,reason",
+    [
+        (["--seeds", "1:1"], "two different data seeds"),
+        (["--pairs", "2", "--seeds", "1:2"], "not both"),
+        (["--seeds", "0:1"], "dense run's own data order"),
+        (["--seeds", "1:2,2:1"], "pairs repeat"),
+        (["--seeds", "1:2,3"], "pairs of data seeds"),
+        (["--pairs", "0"], "--pairs must be >= 1"),
+    ],
+)
+def test_bad_pairs_exit_2_with_one_line_and_write_nothing(tmp_path, capsys, flags, reason):
+    out = tmp_path / "inst"
+    argv = ["instability", *TINY_FLAGS, "--start-steps", "0", *flags, "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert reason in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_pairs_flag_prints_mean_and_std_over_pairs(tmp_path, capsys):
+    out = tmp_path / "inst"
+    argv = ["instability", *TINY_FLAGS, "--start-steps", "0", "--pairs", "2", "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads((out / "instability.json").read_text())
+    assert result["pairs"] == [[1, 2], [3, 4]]
+    (row,) = result["rows"]
+    cell = f"{100 * row['barrier']:.2f} ± {100 * row['barrier_std']:.2f} (n=2)"
+    assert cell in capsys.readouterr().out
+    assert f"| 0 | {cell} |" in (out / "report" / "report.md").read_text()

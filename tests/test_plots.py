@@ -117,6 +117,30 @@ def test_barrier_vs_step_labels_each_step_and_instability_titles():
     assert list(dense.get_lines()[0].get_ydata()) == pytest.approx([10.0, 30.0, 10.0])
 
 
+def test_barrier_vs_step_draws_each_pair_and_the_std_over_pairs():
+    def row(step, barriers):
+        b = np.array(barriers)
+        pairs = [{"step": step, "barrier": x, "alpha": [0.0, 1.0], "test_error": [0.1, 0.1]}
+                 for x in barriers]  # fmt: skip
+        std = float(b.std(ddof=1)) if len(b) > 1 else None
+        return {"step": step, "barrier": float(b.mean()), "barrier_std": std, "pairs": pairs}
+
+    rows = [row(0, [0.04, 0.06, 0.11]), row(50, [0.01])]
+    fig = plots.barrier_vs_step({"dense": rows, "ticket": [row(0, [0.02, 0.03])]})
+    ax = fig.axes[0]
+    assert list(ax.get_lines()[0].get_ydata()) == pytest.approx([7.0, 1.0])
+    dots = [c.get_offsets() for c in ax.collections if type(c).__name__ == "PathCollection"]
+    assert sorted(np.concatenate(dots)[:, 1]) == pytest.approx([1, 2, 3, 4, 6, 11])
+    bars = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+    heights = sorted(float(np.ptp(seg[:, 1])) / 2 for c in bars for seg in c.get_segments())
+    assert heights == pytest.approx(sorted([100 * np.std([0.04, 0.06, 0.11], ddof=1),
+                                            100 * np.std([0.02, 0.03], ddof=1)]))  # fmt: skip
+    assert "pairs" in ax.get_title()
+    curves = plots.instability_curves([p for r in rows for p in r["pairs"]]).axes[0]
+    assert len(curves.get_lines()) == 4
+    assert [t.get_text() for t in curves.get_legend().get_texts()] == ["k=0", "k=50"]
+
+
 def test_schedule_curves_are_steps_in_percent():
     fig = plots.schedule_curves({"iterative": [0.0, 0.0, 0.45, 0.45, 0.9]})
     line = fig.axes[0].get_lines()[0]

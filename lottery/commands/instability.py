@@ -1,4 +1,4 @@
-"""`lottery instability`: error barrier between two copies trained from the same step."""
+"""`lottery instability`: error barrier between pairs of copies trained from the same step."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from lottery import layout
 from lottery.build import load_data
 from lottery.cli import COMMANDS, add_train_args, config_from_args, parse_ints
 from lottery.config import ConfigError, TrainConfig
-from lottery.instability import MIN_POINTS, instability_sweep
+from lottery.instability import MIN_POINTS, Pair, check_pairs, default_pairs, instability_sweep
 from lottery.overlap import load_mask
 from lottery.runfolder import check_writable, hold
 from lottery.storage import read_json
@@ -20,10 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "instability",
         help=COMMANDS["instability"],
         description="From the state at each step k (of a dense run trained here, or of --dense), "
-        "train two copies with different data orders and evaluate test error on the straight "
-        "line between them; the barrier is the max error on the path minus the endpoints' mean "
-        "(Frankle et al. 2020). With --mask the copies train the pruned subnetwork. Rerunning "
-        "resumes.",
+        "train pairs of copies with different data orders and evaluate test error on the "
+        "straight line between each pair; the barrier is the max error on the path minus the "
+        "endpoints' mean (Frankle et al. 2020), reported as mean ± std and 95% interval over "
+        "pairs. With --mask the copies train the pruned subnetwork. Rerunning resumes, and may "
+        "add pairs.",
     )
     add_train_args(p, "checkpoints/instability")
     p.add_argument(
@@ -41,11 +42,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask", type=Path, default=None, help="train copies under this mask (file or IMP round)"
     )
-    p.add_argument(
+    pairs = p.add_argument_group("pairs of copies")
+    pairs.add_argument(
         "--seeds",
-        type=parse_ints,
         default=None,
-        help="the copies' two data seeds (default: data seed + 1, + 2)",
+        help="the copies' data seeds, pair by pair: A:B,C:D,... (A,B: one pair; default: one "
+        "pair, data seed + 1 and + 2)",
+    )
+    pairs.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="N pairs of data seeds: data seed +1:+2, +3:+4, ... (instead of --seeds)",
     )
     p.add_argument(
         "--points", type=int, default=MIN_POINTS, help="evaluation points on the path (>= 11)"
@@ -53,8 +61,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def parse_pairs(text: str) -> list[Pair]:
+    """`--seeds`: `A:B,C:D,...` (several pairs) or `A,B` (one pair), as int pairs."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        if all(":" not in t for t in items) and len(items) == 2:
+            return [(int(items[0]), int(items[1]))]
+        pairs = [tuple(int(s) for s in t.split(":")) for t in items]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise ConfigError(f"--seeds takes pairs of data seeds A:B,C:D,... or A,B, got {text!r}")
+    return pairs
+
+
 def run(args: argparse.Namespace) -> int:
-    from lottery.report import write_report  # seaborn loads only when a figure is drawn
+    from lottery.report import barrier_cell, write_report  # seaborn loads only when drawing
 
     if args.dense is not None:
         if not (args.dense / layout.CONFIG).exists():
@@ -62,10 +84,14 @@ def run(args: argparse.Namespace) -> int:
         cfg = TrainConfig.from_dict(read_json(args.dense / layout.CONFIG)["config"])
     else:
         cfg = config_from_args(args)
+    if args.seeds is not None and args.pairs is not None:
+        raise ConfigError("give --seeds or --pairs, not both")
+    if args.seeds is not None:
+        pairs = check_pairs(parse_pairs(args.seeds), cfg.data_seed)
+    else:
+        pairs = default_pairs(cfg.data_seed, 1 if args.pairs is None else args.pairs)
     if args.download:
         load_data(cfg, download=True)
-    if args.seeds is not None and len(args.seeds) != 2:
-        raise ConfigError(f"--seeds takes two data seeds, got {list(args.seeds)}")
     check_writable(args.out, "--out")
     mask = load_mask(args.mask) if args.mask is not None else None
     with hold(args.out):
@@ -75,14 +101,15 @@ def run(args: argparse.Namespace) -> int:
             args.out,
             dense=args.dense,
             mask=mask,
-            seeds=tuple(args.seeds) if args.seeds else None,
+            seeds=pairs,
             points=args.points,
             progress=not args.no_progress,
         )
         files = write_report(args.out)
-    print(f"\n{'step k':>8s} {'barrier %':>10s} {'endpoint errors %':>20s}")
+    print(
+        f"\n{'step k':>8s}  {'barrier % mean ± std (n pairs)':>32s}  {'mean |endpoint gap| %':>22s}"
+    )
     for r in result["rows"]:
-        ends = " / ".join(f"{100 * e:.2f}" for e in r["endpoint_errors"])
-        print(f"{r['step']:8d} {100 * r['barrier']:10.2f} {ends:>20s}")
+        print(f"{r['step']:8d}  {barrier_cell(r):>32s}  {100 * r['endpoint_gap']:22.2f}")
     print(f"results: {args.out / 'instability.json'}; report: {files[-1]}")
     return 0
