@@ -16,6 +16,14 @@ torch.set_num_threads(2)
 CUDA_SKIP_REASON = "needs a CUDA"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache_in_temp(tmp_path_factory):
+    """Decoded datasets cached in a temp folder, so no test (or its subprocesses) writes the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOTTERY_CACHE", str(tmp_path_factory.mktemp("decoded")))
+        yield
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under LOTTERY_REQUIRE_CUDA=1, turn the skip of a CUDA-only test into a failure."""

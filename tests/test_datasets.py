@@ -17,7 +17,14 @@ import pytest
 import torch
 
 from lottery import datasets
-from lottery.datasets import DATASETS, DatasetNotFoundError, UnknownDatasetError, load_dataset
+from lottery.datasets import (
+    DATASETS,
+    DatasetNotFoundError,
+    UnknownDatasetError,
+    cache,
+    load_dataset,
+    synthetic,
+)
 from lottery.datasets.cifar10 import CIFAR10_BATCHES, CIFAR10_DIR, read_cifar10
 from lottery.datasets.download import RemoteFile, fetch_all
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
@@ -230,6 +237,18 @@ def test_normalisation_uses_dataset_constants(tmp_path):
     torch.testing.assert_close(splits.test_x[:, 0], expected)
 
 
+def test_normalisation_is_bitwise_the_out_of_place_formula_and_spares_the_source(monkeypatch):
+    """In-place normalising gives exactly (x - mean) / std and never writes the reader's tensors."""
+    raw = synthetic.generate()
+    spec = replace(synthetic.SYNTHETIC, mean=(0.3,), std=(1.7,), generate=lambda: raw)
+    monkeypatch.setitem(datasets.REGISTRY, "synthetic", spec)
+    before = raw[2].clone()
+    splits = load_dataset("synthetic")
+    assert torch.equal(raw[2], before)
+    expected = (before - torch.tensor(0.3).view(1, 1, 1)) / torch.tensor(1.7).view(1, 1, 1)
+    assert torch.equal(splits.test_x.view(torch.int32), expected.view(torch.int32))
+
+
 def test_val_split_deterministic_disjoint_and_seeded(tmp_path):
     fake_idx_dataset(tmp_path / "fashion_mnist", n_train=300)
     a = load_dataset("fashion_mnist", tmp_path, val_size=60)
@@ -370,6 +389,104 @@ def test_load_cifar10_is_nchw_and_augmented(tmp_path):
     expected = (torch.from_numpy(test_x).permute(0, 3, 1, 2).float() / 255 - mean) / std
     torch.testing.assert_close(splits.test_x, expected)
     assert splits.test_y.tolist() == test_y.tolist()
+
+
+# --- decoded cache: later loads memory-map the decoded arrays ----------------------------------
+
+
+def counting(files: Files) -> tuple[Files, list[Path]]:
+    """`files` whose reader records each folder it decodes (same name, so the same cache key)."""
+    calls = []
+
+    def read(directory: Path) -> tuple[torch.Tensor, ...]:
+        calls.append(directory)
+        return files.read(directory)
+
+    read.__module__, read.__qualname__ = files.read.__module__, files.read.__qualname__
+    return replace(files, read=read), calls
+
+
+def assert_same_raw(got: tuple, expected: tuple) -> None:
+    for a, b in zip(got, expected, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LOTTERY_CACHE", str(cache))
+    return cache
+
+
+def test_cache_root_from_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOTTERY_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_root() == tmp_path / "xdg" / "lottery" / "decoded"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache.cache_root() == Path.home() / ".cache" / "lottery" / "decoded"
+    monkeypatch.setenv("LOTTERY_CACHE", str(tmp_path / "mine"))
+    assert cache.cache_root() == tmp_path / "mine"
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_cached_load_equals_fresh_decode(tmp_path, cache_dir, name):
+    folder = tmp_path / "data"
+    fake_idx_dataset(folder) if name == "mnist" else fake_cifar_dir(folder)
+    files, calls = counting(datasets.REGISTRY[name].files)
+    fresh = datasets.REGISTRY[name].files.read(folder)
+    first = cache.read_cached(files, folder)
+    again = cache.read_cached(files, folder)
+    assert calls == [folder] and len(list(cache_dir.glob("*/*/key.json"))) == 1
+    assert_same_raw(first, fresh)
+    assert_same_raw(again, fresh)
+    splits = [load_dataset(name, folder, val_size=10, split_seed=1) for _ in range(2)]
+    for field in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+        assert torch.equal(getattr(splits[0], field), getattr(splits[1], field))
+
+
+def test_changed_or_truncated_source_is_decoded_anew(tmp_path, cache_dir):
+    folder = tmp_path / "data"
+    fake_idx_dataset(folder)
+    files, calls = counting(datasets.REGISTRY["mnist"].files)
+    cache.read_cached(files, folder)
+    labels = folder / "train-labels-idx1-ubyte.gz"
+    mtime = labels.stat().st_mtime_ns
+    new_labels = (np.arange(200) * 7 % 10).astype(np.uint8)
+    write_idx(labels, new_labels)
+    os.utime(labels, ns=(mtime + 10**9, mtime + 10**9))  # a rewrite in the same clock tick
+    got = cache.read_cached(files, folder)
+    assert len(calls) == 2 and got[1].tolist() == new_labels.tolist()
+    assert len(list(cache_dir.glob("*/*/key.json"))) == 1  # the stale entry is gone
+    images = folder / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="train-images"):
+        cache.read_cached(files, folder)
+
+
+def test_damaged_entry_is_decoded_anew(tmp_path, cache_dir):
+    folder = tmp_path / "data"
+    fake_idx_dataset(folder)
+    files, calls = counting(datasets.REGISTRY["mnist"].files)
+    fresh = datasets.REGISTRY["mnist"].files.read(folder)
+    cache.read_cached(files, folder)
+    (stored,) = cache_dir.glob("*/*/0.npy")
+    stored.write_bytes(stored.read_bytes()[:200])
+    assert_same_raw(cache.read_cached(files, folder), fresh)  # decoded and stored again
+    assert_same_raw(cache.read_cached(files, folder), fresh)  # from the repaired entry
+    assert len(calls) == 2
+
+
+def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("LOTTERY_CACHE", str(blocker / "cache"))
+    folder = tmp_path / "data"
+    fake_idx_dataset(folder)
+    files, calls = counting(datasets.REGISTRY["mnist"].files)
+    fresh = datasets.REGISTRY["mnist"].files.read(folder)
+    for _ in range(2):
+        assert_same_raw(cache.read_cached(files, folder), fresh)
+    assert len(calls) == 2 and blocker.read_text() == "not a folder"
 
 
 # --- download (urlopen monkeypatched: no network) -----------------------------------------------

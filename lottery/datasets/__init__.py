@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lottery.datasets import cifar10, fashion_mnist, mnist, synthetic
+from lottery.datasets.cache import read_cached
 from lottery.datasets.spec import DatasetSpec
 
 REGISTRY: dict[str, DatasetSpec] = {
@@ -123,12 +124,13 @@ def _carve(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _normalise(x: torch.Tensor, spec: DatasetSpec, device: str | torch.device) -> torch.Tensor:
-    """float32 images on `device` with the dataset's constant per-channel mean/std removed."""
+    """float32 images on `device` with the dataset's constant per-channel mean/std removed; done in
+    place on a fresh copy: the values of (x - mean) / std without two more full-size temporaries."""
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
-    x = x.to(device).float()
+    x = x.to(device).to(torch.float32, copy=True)
     mean = torch.tensor(spec.mean, device=x.device).view(-1, 1, 1) * scale
     std = torch.tensor(spec.std, device=x.device).view(-1, 1, 1) * scale
-    return (x - mean) / std
+    return x.sub_(mean).div_(std)
 
 
 def load_dataset(
@@ -156,7 +158,8 @@ def load_dataset(
     if spec.files is None:
         train_x, train_y, test_x, test_y = spec.generate()
     else:
-        train_x, train_y, test_x, test_y = spec.files.read(_locate(spec, data_root, download))
+        found = _locate(spec, data_root, download)
+        train_x, train_y, test_x, test_y = read_cached(spec.files, found)
     if spec.val_divisor is not None:
         val_size = min(val_size, len(train_x) // spec.val_divisor)
     for y in (train_y, test_y):

@@ -105,9 +105,14 @@ def read_cifar10_folder(directory: Path) -> Raw:
     )
 
 
+def batch_files(directory: Path) -> list[Path]:
+    """The six batch files of a CIFAR-10 folder, training batches first."""
+    return [directory / b for b in CIFAR10_BATCHES]
+
+
 def has_batches(directory: Path) -> bool:
     """Whether `directory` holds all six batch files."""
-    return all((directory / b).is_file() for b in CIFAR10_BATCHES)
+    return all(p.is_file() for p in batch_files(directory))
 
 
 def download_archive(remotes: tuple[RemoteFile, ...], dest: Path) -> None:
@@ -135,6 +140,7 @@ CIFAR10 = DatasetSpec(
         ),
         present=has_batches,
         read=read_cifar10_folder,
+        sources=batch_files,
         remotes=remote_files(
             ("https://www.cs.toronto.edu/~kriz/",),
             {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},

@@ -31,6 +31,7 @@ FASHION_MNIST = DatasetSpec(
         expected=idx.EXPECTED,
         present=idx.has_idx_files,
         read=idx.read_idx_folder,
+        sources=idx.idx_files,
         remotes=REMOTES,
         download=fetch_all,
         system_dirs=(DEBIAN_FASHION_MNIST,),

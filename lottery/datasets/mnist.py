@@ -27,6 +27,7 @@ MNIST = DatasetSpec(
         expected=idx.EXPECTED,
         present=idx.has_idx_files,
         read=idx.read_idx_folder,
+        sources=idx.idx_files,
         remotes=REMOTES,
         download=fetch_all,
     ),

@@ -26,6 +26,7 @@ class Files:
     download: Callable[[tuple[RemoteFile, ...], Path], None]  # fetch remotes so a folder holds it
     system_dirs: tuple[Path, ...] = ()  # system-wide copies, searched last
     install_hint: str | None = None  # first fix the not-found message suggests
+    sources: Callable[[Path], list[Path]] | None = None  # files `read` decodes: if named, cached
 
 
 @dataclass(frozen=True)
