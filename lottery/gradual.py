@@ -19,22 +19,28 @@ from torch import nn
 from lottery import distributed, layout
 from lottery.build import make_model
 from lottery.checks import check_rate_scale
-from lottery.config import TrainConfig
+from lottery.config import ConfigError, TrainConfig
 from lottery.criteria import training_batches
 from lottery.datasets import Splits
 from lottery.engine import Hooks, train_runs
 from lottery.masks import Mask, save_sparse
+from lottery.models import conv_weight_names
 from lottery.pruner import GradualPruner, run_length
 from lottery.run import RunSpec, TrainResult
 from lottery.runfolder import hold
 from lottery.schedules import Schedule
 from lottery.storage import load_checkpoint
 
+LAYERS = ("all", "conv")
+
 
 @dataclass
 class PruningSettings:
     """How the mask grows: update every N steps, scope, granularity, criterion, per-tensor
-    multipliers of the target (0 leaves a tensor dense), seed of random scores."""
+    multipliers of the target (0 leaves a tensor dense), seed of random scores, and which layers
+    are pruned: every prunable tensor ("all") or the convolution weights only ("conv", fully
+    connected layers stay dense, as fasterai's SparsifyCallback that Hubens et al., ICIP 2022,
+    used)."""
 
     every: int = 100
     scope: str = "layer"
@@ -42,6 +48,11 @@ class PruningSettings:
     criterion: str = "magnitude"
     rate_scale: dict[str, float] = field(default_factory=dict)
     seed: int = 0
+    layers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.layers not in LAYERS:
+            raise ConfigError(f"unknown pruned layers {self.layers!r}; choose from {LAYERS}")
 
 
 @dataclass
@@ -64,6 +75,15 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
         return RunSpec(run.cfg, Path(run.out), model, record=run.record)
     top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
     check_rate_scale(settings.rate_scale, model, top)
+    mask, layers = None, {}
+    if settings.layers == "conv":
+        names = conv_weight_names(model)
+        if not names:
+            raise ConfigError(f"layers='conv': {run.cfg.model} has no convolution weights")
+        outside = sorted(set(settings.rate_scale) - set(names))
+        if outside:
+            raise ConfigError(f"layers='conv' leaves {outside[0]!r} dense; drop its rate scale")
+        mask, layers = Mask.ones(model, names), {"layers": "conv"}
     total, per_epoch = run_length(run.cfg, data)
     pruner = GradualPruner(
         run.schedule,
@@ -79,8 +99,9 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
         batches=training_batches(data.train_x, data.train_y, run.cfg.batch_size, settings.seed),
         input_shape=data.input_shape,
     )
-    cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": pruner.settings()})
-    return RunSpec(cfg, Path(run.out), model, record=run.record, pruner=pruner)
+    # "layers" is recorded only when not "all", so runs recorded before it existed still resume
+    cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": {**pruner.settings(), **layers}})
+    return RunSpec(cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner)
 
 
 def train_gradual(

@@ -207,6 +207,32 @@ def _vgg19(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     return _vgg(config, input_shape, num_classes, width)
 
 
+@_register("allconv", "kaiming_normal")
+def _allconv(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+    """All-convolutional net: conv 5x5 32, 3x3 32 (each max-pooled), 3x3 64, 3x3 64 (conv+BN+ReLU),
+    global average pool, one fc layer.
+
+    Its convolutions carry nearly all of its weights, so pruning them alone (as Hubens et al.,
+    ICIP 2022, prune ResNet-18's) leaves every layer a workable share even at 95% sparsity.
+    """
+    channels = input_shape[0]
+    layers: list[nn.Module] = []
+    for filters, kernel, pool in ((32, 5, True), (32, 3, True), (64, 3, False), (64, 3, False)):
+        filters *= width
+        conv = nn.Conv2d(channels, filters, kernel, padding=kernel // 2, bias=False)
+        layers += [conv, nn.BatchNorm2d(filters), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if pool else []
+        channels = filters
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(*layers),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(channels, num_classes),
+        )
+    )
+
+
 def _torchvision_names() -> list[str]:
     """Names of torchvision's classification models (its top-level model module)."""
     import torchvision  # ~1.3 s to import: only when a torchvision model is asked for
@@ -330,6 +356,13 @@ def prunable_names(model: nn.Module) -> list[str]:
     if prunable is not None:
         return list(prunable)
     return _weights_of(model, (*_CONVS, nn.Linear))
+
+
+def conv_weight_names(model: nn.Module) -> list[str]:
+    """The model's prunable tensors that are convolution weights, in prunable order (what
+    fasterai's SparsifyCallback prunes by default, layer_type=nn.Conv2d)."""
+    convs = set(_weights_of(model, _CONVS))
+    return [name for name in prunable_names(model) if name in convs]
 
 
 def output_layer_name(model: nn.Module) -> str | None:

@@ -10,6 +10,7 @@ from lottery.models import (
     INITS,
     UnknownModelError,
     build_model,
+    conv_weight_names,
     count_parameters,
     default_init,
     has_batchnorm,
@@ -28,7 +29,7 @@ def conv_linear_weights(model: nn.Module) -> list[str]:
 
 
 def test_registry_names():
-    expected = {"lenet_300_100", "conv2", "conv4", "conv6", "resnet20"}
+    expected = {"lenet_300_100", "conv2", "conv4", "conv6", "resnet20", "allconv"}
     assert set(list_models()) == expected | {"vgg11", "vgg13", "vgg16", "vgg19"}
 
 
@@ -44,6 +45,18 @@ def test_lenet_300_100_parameter_count():
     assert count_parameters(model) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10 == 266_610
     assert count_parameters(model, prunable_names(model)) == 266_200
     assert not has_batchnorm(model)
+
+
+def test_allconv_weights_sit_in_its_convolutions():
+    model = build_model("allconv", (1, 28, 28), 10)
+    convs = conv_weight_names(model)
+    sizes = [count_parameters(model, [n]) for n in model.prunable]
+    assert sizes == [800, 9216, 18432, 36864, 640]
+    assert convs == list(model.prunable[:-1]) and model.output_layer == "classifier.weight"
+    assert has_batchnorm(model) and default_init("allconv") == "kaiming_normal"
+    wide = build_model("allconv", (3, 32, 32), 10, width=2)
+    assert wide.classifier.in_features == 128
+    assert conv_weight_names(build_model("lenet_300_100", (1, 28, 28), 10)) == []
 
 
 def test_lenet_with_any_hidden_widths():

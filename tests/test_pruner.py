@@ -12,6 +12,7 @@ from lottery.build import load_data, make_model
 from lottery.cli import main
 from lottery.commands.prune import parse_every
 from lottery.config import ConfigError, TrainConfig
+from lottery.gradual import PruningSettings
 from lottery.masks import Mask, load_sparse
 from lottery.pruner import GradualPruner, run_length
 from lottery.schedules import Schedule
@@ -235,3 +236,30 @@ def test_prune_command_writes_mask_weights_and_log(tmp_path, capsys):
     assert Mask.load(out / "mask.npz").equal(mask)
     assert main([*argv[:-3], "--out", str(out), "--final-sparsity", "0.5", "--no-progress"]) == 2
     assert "another configuration" in capsys.readouterr().err
+
+
+def test_prune_command_prunes_only_the_convolutions_with_layers_conv(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "allconv", "--dataset", "synthetic", "--steps", "12"]
+    argv += ["--batch-size", "16", "--schedule", "agp", "--final-sparsity", "0.9"]
+    argv += ["--update-every", "4", "--device", "cpu", "--no-progress", "--layers", "conv"]
+    assert main([*argv, "--out", str(out)]) == 0
+    assert "sparsity 90.00% (target 90.00%" in capsys.readouterr().out
+    mask = Mask.load(out / "mask.npz")
+    assert mask.names() == [f"features.{i}.weight" for i in (0, 4, 8, 11)]
+    for name, (kept, total) in mask.layer_counts().items():
+        assert total - kept == round(0.9 * total), name
+    state, _ = load_sparse(out / "weights.npz")
+    assert bool(state["classifier.weight"].ne(0).all())
+    cfg = json.loads((out / "config.json").read_text())["config"]
+    assert cfg["extra"]["pruning"]["layers"] == "conv"
+    # a net without convolutions, or a rate scale on a tensor left dense, is refused up front
+    lenet = ["--model", "lenet_64_32", "--out", str(tmp_path / "lenet")]
+    assert main([*argv, *lenet]) == 2
+    fc = ["--rate-scale", "classifier.weight=0.5", "--out", str(tmp_path / "fc")]
+    assert main([*argv, *fc]) == 2
+    err = capsys.readouterr().err
+    assert "no convolution weights" in err and "'classifier.weight'" in err
+    assert not (tmp_path / "lenet").exists() and not (tmp_path / "fc").exists()
+    with pytest.raises(ConfigError, match="pruned layers"):
+        PruningSettings(layers="fc")

@@ -1,7 +1,7 @@
-"""The fixed-budget schedule comparison batched: 8 schedules x 3 seeds of the quarter-width Conv-4
-(experiments/schedule_budget.py) trained as one stacked model vs one by one, seconds for the whole
-comparison (synthetic data, Adam with one-cycle LR, mask updates every 10 steps), alternately in
-one run. Target: batched >= 1.5x faster on this CPU."""
+"""The fixed-budget schedule comparison batched: 8 schedules x 3 seeds of the all-convolutional net
+(experiments/schedule_budget.py: `allconv`, its convolutions pruned) trained as one stacked model
+vs one by one, seconds for the whole comparison (synthetic data, Adam with one-cycle LR, mask
+updates every 10 steps), alternately in one run. Target: batched >= 1.5x faster on this CPU."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
     return [
         Row(
             f"fixed-budget schedule comparison, {len(labels)} schedules x {seeds} seeds batched vs "
-            f"one by one (quarter Conv-4, {steps} steps each), s",
+            f"one by one (allconv, {steps} steps each), s",
             ours,
             base,
             "s",

@@ -17,7 +17,7 @@ from lottery.cli import (
 )
 from lottery.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.config import ConfigError, check_seeds
-from lottery.gradual import GradualRun, PruningSettings, train_gradual
+from lottery.gradual import LAYERS, GradualRun, PruningSettings, train_gradual
 from lottery.masks import SCOPES, Mask
 from lottery.pruner import run_length
 from lottery.runfolder import check_writable
@@ -54,6 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="per-tensor multipliers of the target, e.g. classifier.4.weight=0.5 (0: unpruned)",
     )
     g.add_argument(
+        "--layers",
+        choices=LAYERS,
+        default="all",
+        help="prune every prunable tensor, or convolution weights only (fc layers stay dense)",
+    )
+    g.add_argument(
         "--prune-seed", type=int, default=0, help="seed of random scoring and scoring batches"
     )
     add_batch_args(p, "run")
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         rate_scale=args.rate_scale,
         seed=args.prune_seed,
+        layers=args.layers,
     )
     if args.seeds is not None:
         check_seeds(args.seeds)
