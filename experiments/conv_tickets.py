@@ -28,7 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from lottery import layout
-from lottery.aggregate import aggregate, density_rows
+from lottery.aggregate import aggregate, density_rows, stat_text
 from lottery.cli import parse_ints
 from lottery.config import TrainConfig
 from lottery.imp import IMPConfig, run_imp_seeds
@@ -121,11 +121,7 @@ def _cell(stats: pd.DataFrame, network: str, rnd: int, metric: str, digits: int)
     row = stats[(stats.network == network) & (stats["round"] == rnd) & (stats.metric == metric)]
     if row.empty:
         return ""
-    r = row.iloc[0]
-    return (
-        f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f} "
-        f"[{r['ci95_low']:.{digits}f}, {r['ci95_high']:.{digits}f}]"
-    )
+    return stat_text(row.iloc[0].to_dict(), digits)
 
 
 def table(stats: pd.DataFrame, networks: list[str]) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lottery import layout, plots, records
-from lottery.aggregate import check_same_settings, members, summarize
+from lottery.aggregate import check_same_settings, members, stat_text, summarize
 from lottery.cli import HelpFormatter, parse_ints
 from lottery.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.instability import MIN_POINTS, default_pairs, instability_sweep
@@ -39,9 +39,10 @@ from lottery.storage import read_json, write_bytes_atomic, write_json
 
 # The running IMP study's training (its masks and tickets must line up with these runs); Adam
 # 2e-4 and batch 60 are Conv-2's settings in Frankle & Carbin (ICLR 2019), TrainConfig's defaults.
-FULL = {"model": "conv2", "train_limit": 5000, "val_size": 1000, "test_limit": 2000, "steps": 200}
+FULL = {"model": "conv2", "train_limit": 5000, "val_size": 1000, "test_limit": 1000, "steps": 200,
+        "eval_every": 25}  # fmt: skip
 QUICK = {"model": "lenet_300_100", "train_limit": 600, "val_size": 200, "test_limit": 500,
-         "steps": 40}  # fmt: skip
+         "steps": 40, "eval_every": 20}  # fmt: skip
 SEARCH = Path("checkpoints/conv_tickets/rewind_10/seed_0")
 TICKETS = "0=checkpoints/conv_tickets/reset_init,10=checkpoints/conv_tickets/rewind_10"
 METRIC = "test_acc_best_val_pct"  # early stopping at min. validation loss (Frankle & Carbin 2019)
@@ -60,7 +61,6 @@ def config(
         **sizes,
         dataset="fashion_mnist",
         data_root=data_root,
-        eval_every=20,
         init_seed=0,
         data_seed=0,
         split_seed=0,
@@ -164,24 +164,16 @@ def _finite(stats: dict) -> dict:
 
 def barrier_text(row: dict) -> str:
     """A sweep row's barrier in %: mean ± std [95% CI] over its pairs (the mean alone for one)."""
-    if row["barrier_std"] is None:
-        return f"{100 * row['barrier']:.2f}"
-    return (
-        f"{100 * row['barrier']:.2f} ± {100 * row['barrier_std']:.2f} "
-        f"[{100 * row['barrier_ci95_low']:.2f}, {100 * row['barrier_ci95_high']:.2f}]"
-    )
+    stats = {"mean": row["barrier"], "std": row["barrier_std"]}
+    stats.update(ci95_low=row["barrier_ci95_low"], ci95_high=row["barrier_ci95_high"])
+    return stat_text(stats, scale=100)
 
 
 def accuracy_text(stats: dict) -> str:
     """Accuracy (%) over seeds: mean ± std [95% CI] (n=N); '-' with no seed."""
     if not stats["n"]:
         return "-"
-    if stats["std"] is None:
-        return f"{stats['mean']:.2f} (n=1)"
-    return (
-        f"{stats['mean']:.2f} ± {stats['std']:.2f} "
-        f"[{stats['ci95_low']:.2f}, {stats['ci95_high']:.2f}] (n={stats['n']})"
-    )
+    return f"{stat_text(stats)} (n={stats['n']})"
 
 
 def table(results: dict) -> str:
@@ -259,12 +251,15 @@ def study(args: argparse.Namespace) -> dict:
         raise ConfigError(f"--density must lie in (0, 1), got {args.density}")
     if args.points < MIN_POINTS:
         raise ConfigError(f"--points must be >= {MIN_POINTS}, got {args.points}")
-    if not layout.is_search(args.search):
-        raise ConfigError(f"--search {args.search} is not an IMP search (no {layout.IMP_RECORD})")
-    check_trained_like(cfg, args.search, "--search")
-    r, mask = pick_round(args.search, args.density)
-    tickets = parse_tickets(args.tickets)
-    check_tickets(cfg, tickets, steps)
+    if not args.dense_only:
+        if not layout.is_search(args.search):
+            raise ConfigError(
+                f"--search {args.search} is not an IMP search (no {layout.IMP_RECORD})"
+            )
+        check_trained_like(cfg, args.search, "--search")
+        r, mask = pick_round(args.search, args.density)
+        tickets = parse_tickets(args.tickets)
+        check_tickets(cfg, tickets, steps)
     check_writable(args.out, "--out")
     progress = not args.no_progress
     with hold(args.out):
@@ -281,8 +276,10 @@ def study(args: argparse.Namespace) -> dict:
                 points=args.points,
                 progress=progress,
             )
-            for name in NETWORKS
+            for name in (NETWORKS[:1] if args.dense_only else NETWORKS)
         }
+        if args.dense_only:
+            return sweeps
         results = {
             "settings": {
                 "config": cfg.to_dict(),
@@ -326,6 +323,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help=f"test examples (default {FULL['test_limit']}; must equal the IMP study's)",
     )
+    p.add_argument(
+        "--dense-only",
+        action="store_true",
+        help="train the dense run and its sweep only (while the search is still pruning)",
+    )
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
@@ -350,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FolderInUseError) as e:
         print(f"stability: error: {e}", file=sys.stderr)
         return 2
+    if args.dense_only:
+        print(f"dense sweep: {args.out / 'instability_dense'}; rerun without --dense-only")
+        return 0
     print(table(results))
     print(f"\nresults: {args.out / 'results.json'}; table.md; figure: stability.png")
     return 0

@@ -42,6 +42,17 @@ def summarize(values: list[float]) -> dict[str, float]:
     return {"n": n, "mean": mean, "std": std, "ci95_low": mean - half, "ci95_high": mean + half}
 
 
+def stat_text(stats: dict, digits: int = 2, scale: float = 1.0) -> str:
+    """`mean ± std [95% CI]` of a `summarize` result (times `scale`); the mean alone without a std."""
+    mean, std, low, high = (
+        f"{scale * v:.{digits}f}" if v is not None else None
+        for v in (stats["mean"], stats.get("std"), stats.get("ci95_low"), stats.get("ci95_high"))
+    )
+    if std is None or std == "nan":
+        return mean
+    return f"{mean} ± {std} [{low}, {high}]"
+
+
 def aggregate(records: pd.DataFrame, keys: list[str], metrics: tuple[str, ...] = METRICS):
     """Long table: one row per (keys, metric) with `summarize` of that metric over the members."""
     import pandas as pd

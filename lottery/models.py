@@ -80,6 +80,18 @@ def _convnet(pairs: Sequence[int], input_shape: Shape, num_classes: int, width: 
     )
 
 
+def _pooled(layers: list[nn.Module], channels: int, num_classes: int) -> nn.Sequential:
+    """Convolutional features, global average pooling and one linear classifier."""
+    return nn.Sequential(
+        OrderedDict(
+            features=nn.Sequential(*layers),
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(),
+            classifier=nn.Linear(channels, num_classes),
+        )
+    )
+
+
 def _vgg(config: str, input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """CIFAR-style VGG: 3x3 conv+BN+ReLU stacks ("M" = 2x2 max-pool), global avg pool, one fc.
 
@@ -95,14 +107,7 @@ def _vgg(config: str, input_shape: Shape, num_classes: int, width: int) -> nn.Mo
         layers += [nn.Conv2d(channels, filters, 3, padding=1, bias=False), nn.BatchNorm2d(filters)]
         layers.append(nn.ReLU())
         channels = filters
-    return nn.Sequential(
-        OrderedDict(
-            features=nn.Sequential(*layers),
-            pool=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(),
-            classifier=nn.Linear(channels, num_classes),
-        )
-    )
+    return _pooled(layers, channels, num_classes)
 
 
 class _BasicBlock(nn.Module):
@@ -223,14 +228,7 @@ def _allconv(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
         layers += [conv, nn.BatchNorm2d(filters), nn.ReLU()]
         layers += [nn.MaxPool2d(2)] if pool else []
         channels = filters
-    return nn.Sequential(
-        OrderedDict(
-            features=nn.Sequential(*layers),
-            pool=nn.AdaptiveAvgPool2d(1),
-            flatten=nn.Flatten(),
-            classifier=nn.Linear(channels, num_classes),
-        )
-    )
+    return _pooled(layers, channels, num_classes)
 
 
 def _torchvision_names() -> list[str]:

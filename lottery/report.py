@@ -15,7 +15,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lottery import layout, plots, records
-from lottery.aggregate import Aggregate, aggregate, aggregate_folder, density_rows, members
+from lottery.aggregate import (
+    Aggregate,
+    aggregate,
+    aggregate_folder,
+    density_rows,
+    members,
+    stat_text,
+)
 from lottery.config import ConfigError
 from lottery.masks import Mask
 from lottery.overlap import load_masks, matrix, pairwise, round_layer_density, run_sign_agreement
@@ -245,11 +252,7 @@ def curve_section(run: Path) -> Section:
 
 
 def _cell(stat: dict) -> str:
-    if stat["n"] < 2:
-        return _num(stat["mean"])
-    return (
-        f"{stat['mean']:.2f} ± {stat['std']:.2f} [{stat['ci95_low']:.2f}, {stat['ci95_high']:.2f}]"
-    )
+    return _num(stat["mean"]) if stat["n"] < 2 else stat_text(stat)
 
 
 def group_markdown(agg: Aggregate, metric: str) -> str:
