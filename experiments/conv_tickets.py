@@ -2,7 +2,7 @@
 Carbin's Figure 5 (ICLR 2019, arXiv 1803.03635).
 
 IMP with the paper's layer-wise rates per round (convolutions 10%, fully connected 20%, output layer
-10%) for 13 rounds, to ~5.5% of the weights, over 3 seeds, as two searches from the same dense runs:
+10%) for 13 rounds, to 5.7% of the weights, over 3 seeds, as two searches from the same dense runs:
 - tickets reset to θ0, with random re-initialisation and random pruning (a random mask of the same
   per-layer density) as controls at a few rounds;
 - tickets rewound to step k (Frankle, Dziugaite, Roy & Carbin 2019, "Stabilizing the Lottery Ticket
