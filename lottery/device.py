@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -23,6 +23,17 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for, but this machine has no usable CUDA GPU")
     return distributed.local_device(torch.device(name))
+
+
+@contextlib.contextmanager
+def caller_threads() -> Iterator[None]:
+    """Give the caller back its CPU thread count: a run with `threads` set changes it for its own
+    training only, not for the notebook or test that called it."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_fast_path(cfg: TrainConfig, device: torch.device) -> None:

@@ -26,7 +26,7 @@ from lottery import distributed
 from lottery.config import ConfigError
 from lottery.copies import SingleCopy, StackedCopies
 from lottery.datasets import Splits
-from lottery.device import autocast, resolve_device
+from lottery.device import autocast, caller_threads, resolve_device
 from lottery.masks import Mask
 from lottery.run import Run, RunSpec, StartState, TrainResult
 
@@ -205,7 +205,13 @@ def train_runs(
     Every run is validated before any is written. Finished runs return their stored result;
     interrupted ones resume from their last checkpoint.
     """
-    hooks = hooks or Hooks()
+    with caller_threads():
+        return _train_runs(specs, data, batched, progress, hooks or Hooks())
+
+
+def _train_runs(
+    specs: Sequence[RunSpec], data: Splits, batched: bool, progress: bool, hooks: Hooks
+) -> list[TrainResult]:
     devices = [resolve_device(s.cfg.device) for s in specs]
     distributed.setup(devices[0] if devices else torch.device("cpu"))
     data = data.to(devices[0]) if devices else data

@@ -14,8 +14,9 @@ import torch
 from lottery import storage
 from lottery.build import load_data, make_model
 from lottery.config import ConfigError, TrainConfig
+from lottery.engine import train_runs
 from lottery.optim import lr_factor
-from lottery.run import StartState
+from lottery.run import RunSpec, StartState
 from lottery.storage import CheckpointError, load_checkpoint
 from lottery.trainer import Trainer
 from tests.conftest import tiny
@@ -241,3 +242,13 @@ def test_scheduler_lr_is_recorded_per_step(tmp_path):
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     lrs = {r["step"]: r["lr"] for r in map(json.loads, lines)}
     assert lrs[20] == pytest.approx(0.05) and lrs[30] == pytest.approx(0.025)
+
+
+def test_a_run_with_threads_gives_the_caller_its_thread_count_back(tmp_path):
+    before = torch.get_num_threads()
+    cfg = tiny(steps=4).replace(threads=1 if before != 1 else 2)
+    data = load_data(cfg)
+    Trainer(cfg, data, make_model(cfg, data), tmp_path / "t", progress=False).fit()
+    assert torch.get_num_threads() == before
+    train_runs([RunSpec(cfg, tmp_path / "e", make_model(cfg, data))], data, progress=False)
+    assert torch.get_num_threads() == before
