@@ -28,6 +28,7 @@ from lottery.copies import SingleCopy, StackedCopies
 from lottery.datasets import Splits
 from lottery.device import autocast, caller_threads, resolve_device
 from lottery.masks import Mask
+from lottery.optim import Optimizer
 from lottery.run import Run, RunSpec, StartState, TrainResult
 
 Copies = SingleCopy | StackedCopies
@@ -249,7 +250,7 @@ def cohort_key(single: SingleCopy, step: int) -> str:
     return json.dumps(parts, sort_keys=True, default=str)
 
 
-def optimizer_signature(opt: torch.optim.Optimizer) -> list:
+def optimizer_signature(opt: Optimizer) -> list:
     """Settings (less the LR, which the schedule sets) and step counts of an optimizer.
 
     A fresh optimizer behaves as one at step 0 with zero momentum and moments, so it matches those.

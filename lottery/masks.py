@@ -14,12 +14,16 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
 from lottery.storage import write_bytes_atomic
+
+if TYPE_CHECKING:
+    from lottery.optim import Optimizer
 
 MASK_FORMAT = "lottery-mask/1"
 SPARSE_FORMAT = "lottery-sparse-weights/1"
@@ -128,7 +132,9 @@ class Mask:
                 )
 
     @torch.no_grad()
-    def apply_(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
+    def apply_(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer | Optimizer | None = None
+    ) -> None:
         """Zero pruned weights in place and, given an optimizer, their momentum/Adam moments too."""
         self.check_fits(model)
         params = dict(model.named_parameters())

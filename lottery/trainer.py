@@ -20,6 +20,7 @@ from lottery.datasets import Splits
 from lottery.device import resolve_device
 from lottery.engine import Hooks, fit_one
 from lottery.masks import Mask
+from lottery.optim import Optimizer
 from lottery.pruner import Pruner
 from lottery.run import Run, RunSpec, StartState, TrainResult
 from lottery.stream import BatchStream
@@ -63,7 +64,7 @@ class Trainer:
         return self.run.stream
 
     @property
-    def optimizer(self) -> torch.optim.Optimizer:
+    def optimizer(self) -> Optimizer:
         if self.copy is None:
             raise RuntimeError("the optimizer exists once fit() has started")
         return self.copy.optimizer

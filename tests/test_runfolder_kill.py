@@ -4,6 +4,7 @@ run's and no temporary file remains."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -21,7 +22,7 @@ from lottery.masks import Mask, load_sparse
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["imp", "--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",
-        "--test-limit", "200", "--batch-size", "60", "--steps", "30", "--checkpoint-every", "5",
+        "--test-limit", "200", "--batch-size", "60", "--steps", "90", "--checkpoint-every", "5",
         "--eval-every", "10", "--rounds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
 CMD = [sys.executable, "-m", "lottery", *ARGS]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
@@ -32,6 +33,17 @@ def holder(out: Path) -> str:
         return (out / layout.LOCK).read_text()
     except OSError:
         return ""
+
+
+def locked(out: Path) -> bool:
+    """Whether some process holds the folder's lock now (tried here and released at once)."""
+    with open(out / layout.LOCK) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def records(out: Path) -> tuple[list[Mask], list[dict], list[dict]]:
@@ -52,11 +64,15 @@ def test_killed_search_refuses_a_second_writer_and_resumes_to_the_same_records(t
         while f"pid {first.pid} " not in holder(out) and first.poll() is None:
             assert time.monotonic() < deadline, "the search never took its lock"
             time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.5))  # a random point of the search
+        time.sleep(rng.uniform(0.0, 1.0))  # a random point of the search
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGSTOP)  # frozen, still holding the lock ...
+            if not locked(out):  # ... unless it had finished the search and was exiting
+                os.kill(first.pid, signal.SIGCONT)
+                first.wait()
         if first.poll() is not None:  # it finished before this point
             assert first.returncode == 0, first.stderr.read()
             break
-        os.kill(first.pid, signal.SIGSTOP)  # frozen, still holding the lock
         second = subprocess.run([*CMD, "--out", str(out)], cwd=REPO, env=ENV,
                                 capture_output=True, text=True)  # fmt: skip
         os.kill(first.pid, signal.SIGKILL)

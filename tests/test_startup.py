@@ -63,3 +63,18 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
     assert "(default: 5)" in imp_help and "(default: checkpoints/imp)" in imp_help
     curve_help = sub.choices["curve"].format_help()
     assert "95%" in curve_help and "%%" not in curve_help
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_training_command_never_imports_dynamo(tmp_path, optimizer):
+    """torch.optim's classes import torch._dynamo (1-2 s) on first use; lottery.optim steps
+    through torch's functional kernels instead, so a whole run, with checkpoints, stays clear."""
+    code = (
+        "from lottery.cli import main\n"
+        f"main(['train', '--dataset', 'synthetic', '--model', 'lenet_32', '--steps', '6',\n"
+        f"      '--optimizer', {optimizer!r}, '--checkpoint-every', '3', '--device', 'cpu',\n"
+        f"      '--no-progress', '--out', {str(tmp_path / 'run')!r}])\n"
+        "import sys; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert (tmp_path / "run" / "result.json").exists()
