@@ -8,9 +8,11 @@ rewinding (global pruning, the same sparsities) over several seeds. Every run go
 `lottery.at_init.run_at_init` / `lottery.imp.run_imp_seeds`, so the study resumes where it
 stopped. Writes results.json, table.md and at_init.png under --out.
 
-    python -m experiments.pruning_at_init     # the full design (many hours on 2 CPU cores)
-    python -m experiments.pruning_at_init --models lenet_300_100 --epochs 1 --train-limit 6000 \\
-        --sparsities 0.5,0.75,0.875,0.9375 --imp-fraction 0.5 --batched   # the README's run
+    python -m experiments.pruning_at_init --models lenet_300_100 --epochs 2 --batched \\
+        --device cpu --out checkpoints/pruning_at_init/lenet_300_100       # README, 36 min
+    python -m experiments.pruning_at_init --models conv2 --epochs 2 --train-limit 3000 \\
+        --val-size 500 --test-limit 1000 --device cpu \\
+        --out checkpoints/pruning_at_init/conv2     # README, ~100 min; split it with --criteria
 """
 
 from __future__ import annotations
