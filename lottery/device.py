@@ -26,10 +26,12 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 @contextlib.contextmanager
-def caller_threads() -> Iterator[None]:
-    """Give the caller back its CPU thread count: a run with `threads` set changes it for its own
-    training only, not for the notebook or test that called it."""
+def run_threads(threads: int | None) -> Iterator[None]:
+    """A run's CPU intra-op thread count (`--threads`; None keeps torch's) while it trains, and the
+    caller's given back after, so a notebook or test that trained a run keeps its own."""
     before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         yield
     finally:

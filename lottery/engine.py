@@ -26,7 +26,7 @@ from lottery import distributed
 from lottery.config import ConfigError
 from lottery.copies import SingleCopy, StackedCopies
 from lottery.datasets import Splits
-from lottery.device import autocast, caller_threads, resolve_device
+from lottery.device import autocast, resolve_device, run_threads
 from lottery.masks import Mask
 from lottery.optim import Optimizer
 from lottery.run import Run, RunSpec, StartState, TrainResult
@@ -186,7 +186,7 @@ def fit_one(
     """Train (or resume, or read back) one run as a plain module; `started` sees its live copy."""
     if run.finished():
         return run.stored_result()
-    with distributed.guard(f"training in {run.dir}"):
+    with run_threads(run.cfg.threads), distributed.guard(f"training in {run.dir}"):
         single, step = begin(run, start, data, hooks)
         if started is not None:
             started(single)
@@ -206,13 +206,7 @@ def train_runs(
     Every run is validated before any is written. Finished runs return their stored result;
     interrupted ones resume from their last checkpoint.
     """
-    with caller_threads():
-        return _train_runs(specs, data, batched, progress, hooks or Hooks())
-
-
-def _train_runs(
-    specs: Sequence[RunSpec], data: Splits, batched: bool, progress: bool, hooks: Hooks
-) -> list[TrainResult]:
+    hooks = hooks or Hooks()
     devices = [resolve_device(s.cfg.device) for s in specs]
     distributed.setup(devices[0] if devices else torch.device("cpu"))
     data = data.to(devices[0]) if devices else data
@@ -229,12 +223,14 @@ def _train_runs(
         if run.finished():
             results[i] = run.stored_result()
             continue
-        single, step = begin(run, spec.start, data, hooks)
+        with run_threads(run.cfg.threads):
+            single, step = begin(run, spec.start, data, hooks)
         cohorts.setdefault(cohort_key(single, step), []).append((i, single, step))
     for members in cohorts.values():
         singles, step = [m for _, m, _ in members], members[0][2]
         copies = singles[0] if len(singles) == 1 else StackedCopies(singles, step)
-        done = Engine(copies, data, progress=progress, hooks=hooks).fit(step)
+        with run_threads(singles[0].runs[0].cfg.threads):  # a cohort shares every setting
+            done = Engine(copies, data, progress=progress, hooks=hooks).fit(step)
         results.update({i: r for (i, _, _), r in zip(members, done, strict=True)})
     return [results[i] for i in range(len(specs))]
 

@@ -108,8 +108,6 @@ class Run:
     def __init__(self, spec: RunSpec, data: Splits, device: torch.device):
         self.spec, self.cfg, self.dir = spec, spec.cfg, Path(spec.run_dir)
         check_fast_path(self.cfg, device)
-        if self.cfg.threads is not None:
-            torch.set_num_threads(self.cfg.threads)
         self.record, self.pruner = spec.record, spec.pruner
         self.stream = BatchStream(
             data.train_x,

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from lottery import distributed
@@ -46,7 +45,6 @@ class Trainer:
         distributed.setup(self.device)
         self.data = data.to(self.device)
         spec = RunSpec(cfg, Path(run_dir), model, mask, None, record or {}, pruner)
-        self.callers_threads = torch.get_num_threads()  # given back when fit() ends
         self.run = Run(spec, self.data, self.device)
         self.progress, self.on_step = progress, on_step
         self.copy: SingleCopy | None = None
@@ -75,10 +73,7 @@ class Trainer:
         In a data-parallel run every rank calls this; rank 0 alone writes the run folder.
         """
         hooks = Hooks(after_step=[self.on_step] if self.on_step is not None else [])
-        try:
-            return fit_one(self.run, start, self.data, self.progress, hooks, started=self._started)
-        finally:
-            torch.set_num_threads(self.callers_threads)
+        return fit_one(self.run, start, self.data, self.progress, hooks, started=self._started)
 
     def _started(self, copy: SingleCopy) -> None:
         self.copy = copy

@@ -22,7 +22,7 @@ from lottery.masks import Mask, load_sparse
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["imp", "--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",
-        "--test-limit", "200", "--batch-size", "60", "--steps", "90", "--checkpoint-every", "5",
+        "--test-limit", "200", "--batch-size", "60", "--steps", "400", "--checkpoint-every", "5",
         "--eval-every", "10", "--rounds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
 CMD = [sys.executable, "-m", "lottery", *ARGS]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
