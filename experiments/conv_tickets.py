@@ -27,14 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from lottery import layout
-from lottery.aggregate import aggregate, density_rows, stat_text
-from lottery.cli import parse_ints
-from lottery.config import TrainConfig
-from lottery.imp import IMPConfig, run_imp_seeds
-from lottery.plots import accuracy_vs_density, save
-from lottery.records import search_rounds
-from lottery.storage import write_json
+from lottery.analysis.aggregate import aggregate, density_rows, stat_text
+from lottery.analysis.plots import accuracy_vs_density, save
+from lottery.analysis.records import search_rounds
+from lottery.cli.main import parse_ints
+from lottery.core import layout
+from lottery.core.config import TrainConfig
+from lottery.core.storage import write_json
+from lottery.studies.imp import IMPConfig, run_imp_seeds
 
 CONTROLS = ("random-reinit", "random-prune")
 LABELS = {

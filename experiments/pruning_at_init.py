@@ -5,7 +5,7 @@ Are We Missing the Mark?", ICLR 2021) at a small scale: LeNet-300-100 and Conv-2
 SynFlow, magnitude at init and random, each pruned globally at init to every sparsity and trained
 beside its three controls (layer-shuffle, reinit, invert), against the IMP ticket with weight
 rewinding (global pruning, the same sparsities) over several seeds. Every run goes through
-`lottery.at_init.run_at_init` / `lottery.imp.run_imp_seeds`, so the study resumes where it
+`lottery.studies.at_init.run_at_init` / `lottery.studies.imp.run_imp_seeds`, so the study resumes where it
 stopped. Writes results.json, table.md and at_init.png under --out.
 
     python -m experiments.pruning_at_init --models lenet_300_100 --epochs 2 --batched \\
@@ -22,12 +22,12 @@ import math
 import time
 from pathlib import Path
 
-from lottery.at_init import CONTROLS, PRUNED, AtInitConfig, accuracy, mean_std, run_at_init
-from lottery.build import load_data
-from lottery.config import TrainConfig
-from lottery.imp import IMPConfig, run_imp_seeds
-from lottery.pruner import run_length
-from lottery.storage import write_json
+from lottery.core.config import TrainConfig
+from lottery.core.storage import write_json
+from lottery.pruning.pruner import run_length
+from lottery.studies.at_init import CONTROLS, PRUNED, AtInitConfig, accuracy, mean_std, run_at_init
+from lottery.studies.imp import IMPConfig, run_imp_seeds
+from lottery.training.setup import load_data
 
 MODELS = ("lenet_300_100", "conv2")
 CRITERIA = ("snip", "grasp", "synflow", "magnitude", "random")

@@ -33,19 +33,19 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from lottery import layout
-from lottery.aggregate import summarize
-from lottery.build import make_model
-from lottery.config import ConfigError, TrainConfig
+from lottery.analysis.aggregate import summarize
+from lottery.core import layout
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.storage import read_jsonl, write_json
 from lottery.datasets import Splits, load_dataset
-from lottery.gradual import GradualRun, PruningSettings, pruned_spec, train_gradual
-from lottery.masks import Mask
-from lottery.models import count_parameters, prunable_names
-from lottery.pruner import run_length
-from lottery.run import TrainResult
-from lottery.runfolder import hold
-from lottery.schedules import Schedule
-from lottery.storage import read_jsonl, write_json
+from lottery.models.registry import count_parameters, prunable_names
+from lottery.pruning.masks import Mask
+from lottery.pruning.pruner import run_length
+from lottery.pruning.schedules import Schedule
+from lottery.studies.gradual import GradualRun, PruningSettings, pruned_spec, train_gradual
+from lottery.training.run import TrainResult
+from lottery.training.runfolder import hold
+from lottery.training.setup import make_model
 
 FINAL_SPARSITY = 0.95
 MODEL_NAME = "allconv"

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lottery.config import TrainConfig
-from lottery.imp import IMPConfig, run_imp
-from lottery.plots import accuracy_vs_density
+from lottery.analysis.plots import accuracy_vs_density
+from lottery.core.config import TrainConfig
+from lottery.studies.imp import IMPConfig, run_imp
 
 METHODS = {"ticket": None, "random reinit": "random-reinit"}
 

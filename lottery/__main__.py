@@ -2,6 +2,6 @@
 
 import sys
 
-from lottery.cli import main
+from lottery.cli.main import main
 
 sys.exit(main())

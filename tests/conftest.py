@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from lottery.config import TrainConfig
+from lottery.core.config import TrainConfig
 
 torch.set_num_threads(2)
 

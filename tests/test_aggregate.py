@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from lottery import layout
-from lottery.aggregate import aggregate_folder, summarize
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.masks import Mask
-from lottery.overlap import compare_masks
-from lottery.report import write_report
+from lottery.analysis.aggregate import aggregate_folder, summarize
+from lottery.analysis.overlap import compare_masks
+from lottery.analysis.report import write_report
+from lottery.cli.main import main
+from lottery.core import layout
+from lottery.core.config import ConfigError
+from lottery.pruning.masks import Mask
 
 TINY = [
     "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "30", "--batch-size", "32",

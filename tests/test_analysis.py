@@ -10,16 +10,16 @@ import pytest
 import torch
 from scipy import stats
 
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.curves import pruning_curve, sizes_on_disk
-from lottery.imp import IMPConfig, run_imp
-from lottery.instability import error_barrier, error_curve, instability
-from lottery.masks import Mask, MaskError, load_sparse, save_sparse
-from lottery.overlap import compare_masks, expected_jaccard, pairwise
-from lottery.report import write_report
-from lottery.run import StartState
-from lottery.trainer import Trainer
+from lottery.analysis.overlap import compare_masks, expected_jaccard, pairwise
+from lottery.analysis.report import write_report
+from lottery.cli.main import main
+from lottery.pruning.masks import Mask, MaskError, load_sparse, save_sparse
+from lottery.studies.curves import pruning_curve, sizes_on_disk
+from lottery.studies.imp import IMPConfig, run_imp
+from lottery.studies.instability import error_barrier, error_curve, instability
+from lottery.training.run import StartState
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 

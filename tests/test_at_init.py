@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from lottery.at_init import AtInitConfig, criterion_scores
-from lottery.build import load_data
-from lottery.cli import main
-from lottery.config import ConfigError, TrainConfig
+from lottery.cli.main import main
+from lottery.core.config import ConfigError, TrainConfig
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
-from lottery.masks import Mask, load_sparse
+from lottery.pruning.masks import Mask, load_sparse
+from lottery.studies.at_init import AtInitConfig, criterion_scores
+from lottery.training.setup import load_data
 
 pytestmark = pytest.mark.skipif(
     not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),

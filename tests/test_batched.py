@@ -7,17 +7,17 @@ import json
 import pytest
 import torch
 
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.config import TrainConfig
-from lottery.copies import StackedCopies
-from lottery.engine import Hooks, begin, cohort_key, train_runs
-from lottery.imp import IMPConfig, run_imp_seeds
-from lottery.masks import Mask
-from lottery.optim import build_optimizer
-from lottery.run import Run, RunSpec, StartState
-from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer
+from lottery.cli.main import main
+from lottery.core.config import TrainConfig
+from lottery.core.optim import build_optimizer
+from lottery.core.storage import load_checkpoint
+from lottery.pruning.masks import Mask
+from lottery.studies.imp import IMPConfig, run_imp_seeds
+from lottery.training.engine import Hooks, begin, cohort_key, train_runs
+from lottery.training.run import Run, RunSpec, StartState
+from lottery.training.setup import load_data, make_model
+from lottery.training.stacked import StackedCopies
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 RTOL, ATOL = 1e-5, 1e-6

@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from lottery.cli import add_train_args, config_from_args, main
-from lottery.config import NON_RESULT_FIELDS, TrainConfig, paper_defaults
-from lottery.models import list_models
+from lottery.cli.main import add_train_args, config_from_args, main
+from lottery.core.config import NON_RESULT_FIELDS, TrainConfig, paper_defaults
+from lottery.models.registry import list_models
 
 BASE = ["--dataset", "synthetic", "--device", "cpu", "--no-progress"]
 

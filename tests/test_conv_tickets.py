@@ -9,8 +9,8 @@ import pandas as pd
 from scipy import stats
 
 from experiments import conv_tickets
-from lottery import layout
-from lottery.records import search_rounds
+from lottery.analysis.records import search_rounds
+from lottery.core import layout
 
 
 def test_quick_study_tables_match_the_records_and_rerun_trains_nothing(tmp_path, capsys):

@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lottery.criteria import (
+from lottery.core.storage import load_checkpoint
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import (
     CRITERIA,
     GRASP_TEMPERATURE,
     SYNFLOW_ITERATIONS,
@@ -18,12 +20,10 @@ from lottery.criteria import (
     synflow_scores,
     training_batches,
 )
-from lottery.masks import Mask, MaskError, prune
-from lottery.models import build_model
-from lottery.pruner import GradualPruner, run_length
-from lottery.schedules import Schedule
-from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer
+from lottery.pruning.masks import Mask, MaskError, prune
+from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.schedules import Schedule
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 
@@ -193,7 +193,7 @@ def test_missing_context_and_unknown_names_are_clear_errors():
 
 
 def test_movement_pruning_accumulates_minus_grad_times_weight_and_resumes_exactly(tmp_path):
-    from lottery.build import load_data, make_model
+    from lottery.training.setup import load_data, make_model
 
     class Crash(Exception):
         pass

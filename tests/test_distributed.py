@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from lottery import distributed
-from lottery.build import load_data, make_model
-from lottery.cli import main as cli_main
-from lottery.config import ConfigError, TrainConfig
-from lottery.copies import evaluate
-from lottery.criteria import Context, score
-from lottery.masks import Mask, prune
-from lottery.storage import CheckpointError, load_checkpoint
-from lottery.trainer import Trainer
+from lottery.cli.main import main as cli_main
+from lottery.core import distributed
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.storage import CheckpointError, load_checkpoint
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
+from lottery.training.setup import load_data, make_model
+from lottery.training.stacked import evaluate
+from lottery.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]

@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from lottery.build import load_data
-from lottery.engine import Hooks
-from lottery.gradual import GradualRun, PruningSettings, train_gradual
-from lottery.masks import Mask
-from lottery.schedules import Schedule
-from lottery.storage import load_checkpoint
+from lottery.core.storage import load_checkpoint
+from lottery.pruning.masks import Mask
+from lottery.pruning.schedules import Schedule
+from lottery.studies.gradual import GradualRun, PruningSettings, train_gradual
+from lottery.training.engine import Hooks
+from lottery.training.setup import load_data
 from tests.conftest import tiny
 
 SCHEDULES = {

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from lottery.cli import main
-from lottery.copies import evaluate
-from lottery.criteria import Context, score
+from lottery.cli.main import main
 from lottery.datasets import load_dataset
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
-from lottery.export import (
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
+from lottery.studies.export import (
     Architecture,
     ExportError,
     SparseLinear,
@@ -24,8 +25,7 @@ from lottery.export import (
     load_export,
     save_export,
 )
-from lottery.masks import Mask, prune
-from lottery.models import build_model
+from lottery.training.stacked import evaluate
 
 SHAPE = (1, 28, 28)
 

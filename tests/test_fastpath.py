@@ -8,16 +8,16 @@ import argparse
 import pytest
 import torch
 
-from lottery.build import load_data, make_model
-from lottery.cli import add_train_args, config_from_args, main
-from lottery.config import ConfigError
-from lottery.criteria import Context, score
-from lottery.device import compiled, memory_format
-from lottery.engine import train_runs
-from lottery.masks import Mask, prune
-from lottery.run import RunSpec
-from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer
+from lottery.cli.main import add_train_args, config_from_args, main
+from lottery.core.config import ConfigError
+from lottery.core.device import compiled, memory_format
+from lottery.core.storage import load_checkpoint
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
+from lottery.training.engine import train_runs
+from lottery.training.run import RunSpec
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from lottery import engine
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.engine import Hooks
-from lottery.imp import IMPConfig, run_imp
-from lottery.masks import Mask, load_sparse
-from lottery.storage import load_checkpoint
+from lottery.cli.main import main
+from lottery.core.config import ConfigError
+from lottery.core.storage import load_checkpoint
+from lottery.pruning.masks import Mask, load_sparse
+from lottery.studies.imp import IMPConfig, run_imp
+from lottery.training import engine
+from lottery.training.engine import Hooks
 from tests.conftest import tiny
 
 

@@ -11,19 +11,19 @@ import torch
 from scipy import stats
 from torch import nn
 
-from lottery import engine
-from lottery import instability as instability_module
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.instability import (
+from lottery.cli.main import main
+from lottery.core.config import ConfigError
+from lottery.pruning.masks import Mask
+from lottery.studies import instability as instability_module
+from lottery.studies.instability import (
     error_barrier,
     error_curve,
     instability_sweep,
     interpolate,
     reestimate_batchnorm,
 )
-from lottery.masks import Mask
+from lottery.training import engine
+from lottery.training.setup import load_data, make_model
 from tests.conftest import tiny
 
 

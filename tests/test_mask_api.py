@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from lottery.criteria import Context, score
-from lottery.masks import Mask, MaskError, from_torch_prune, prune
-from lottery.models import build_model
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, MaskError, from_torch_prune, prune
 
 
 def test_ones_refuses_a_model_carrying_torch_prune_hooks():

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as tprune
 
-from lottery.build import load_data, make_model
-from lottery.criteria import Context, score
-from lottery.masks import (
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import (
     Mask,
     MaskError,
     baked_state_dict,
@@ -20,8 +20,8 @@ from lottery.masks import (
     save_sparse,
     to_torch_prune,
 )
-from lottery.models import build_model
-from lottery.trainer import Trainer
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 

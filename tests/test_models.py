@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from lottery.models import (
+from lottery.models.registry import (
     INITS,
     UnknownModelError,
     build_model,

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.commands.curve import grid
-from lottery.config import ConfigError
-from lottery.criteria import Context, score, training_batches
-from lottery.curves import one_shot_mask, pruning_curve, resolve_method
-from lottery.masks import Mask, MaskError, parse_nm, prune
-from lottery.models import build_model
+from lottery.cli.commands.curve import grid
+from lottery.cli.main import main
+from lottery.core.config import ConfigError
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import Context, score, training_batches
+from lottery.pruning.masks import Mask, MaskError, parse_nm, prune
+from lottery.studies.curves import one_shot_mask, pruning_curve, resolve_method
+from lottery.training.setup import load_data, make_model
 from tests.conftest import tiny
 
 

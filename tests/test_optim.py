@@ -1,4 +1,4 @@
-"""lottery.optim's optimizers and LR schedule against torch.optim's, bit for bit."""
+"""lottery.core.optim's optimizers and LR schedule against torch.optim's, bit for bit."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from lottery.config import TrainConfig
-from lottery.optim import build_optimizer, build_scheduler, lr_factor
+from lottery.core.config import TrainConfig
+from lottery.core.optim import build_optimizer, build_scheduler, lr_factor
 
 KINDS = [
     ("sgd", dict(momentum=0.9, nesterov=True, weight_decay=5e-4)),

@@ -10,8 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lottery.masks import Mask, MaskError, save_sparse
-from lottery.overlap import (
+from lottery.analysis.overlap import (
     compare_masks,
     expected_jaccard,
     expected_jaccard_sum,
@@ -21,7 +20,8 @@ from lottery.overlap import (
     pairwise,
     sign_agreement,
 )
-from lottery.storage import save_checkpoint
+from lottery.core.storage import save_checkpoint
+from lottery.pruning.masks import Mask, MaskError, save_sparse
 
 
 def brute_sum_pmf(layers):

@@ -8,16 +8,16 @@ import re
 import pytest
 import torch
 
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.commands.prune import parse_every
-from lottery.config import ConfigError, TrainConfig
-from lottery.gradual import PruningSettings
-from lottery.masks import Mask, load_sparse
-from lottery.pruner import GradualPruner, run_length
-from lottery.schedules import Schedule
-from lottery.storage import load_checkpoint
-from lottery.trainer import Trainer
+from lottery.cli.commands.prune import parse_every
+from lottery.cli.main import main
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.storage import load_checkpoint
+from lottery.pruning.masks import Mask, load_sparse
+from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.schedules import Schedule
+from lottery.studies.gradual import PruningSettings
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 

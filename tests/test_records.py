@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from lottery import layout, records
-from lottery.build import load_data, load_run
-from lottery.cli import main
-from lottery.copies import evaluate
-from lottery.imp import IMPConfig, run_imp
-from lottery.masks import Mask
+from lottery.analysis import records
+from lottery.cli.main import main
+from lottery.core import layout
+from lottery.pruning.masks import Mask
+from lottery.studies.imp import IMPConfig, run_imp
+from lottery.training.setup import load_data, load_run
+from lottery.training.stacked import evaluate
 from tests.conftest import tiny
 
 

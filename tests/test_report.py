@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.report import write_report
+from lottery.analysis.report import write_report
+from lottery.cli.main import main
+from lottery.core.config import ConfigError
 
 TINY = [
     "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "40", "--batch-size", "32",

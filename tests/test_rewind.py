@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from lottery.imp import IMPConfig, run_imp
-from lottery.masks import Mask
-from lottery.report import write_report
-from lottery.rewind import rewind_sweep
+from lottery.analysis.report import write_report
+from lottery.pruning.masks import Mask
+from lottery.studies.imp import IMPConfig, run_imp
+from lottery.studies.rewind_sweep import rewind_sweep
 from tests.conftest import tiny
 
 

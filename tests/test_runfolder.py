@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import layout
-from lottery.cli import main
-from lottery.criteria import Context, score
+from lottery.cli.main import main
+from lottery.core import layout
+from lottery.core.storage import CheckpointError, load_checkpoint, write_json
 from lottery.datasets.cifar10 import CIFAR10_DIR
-from lottery.masks import Mask, MaskError, load_sparse, prune
-from lottery.models import build_model
-from lottery.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
-from lottery.storage import CheckpointError, load_checkpoint, write_json
+from lottery.models.registry import build_model
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, MaskError, load_sparse, prune
+from lottery.training.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
 from tests.test_datasets import fake_cifar_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_bad_cifar_batches_are_one_line_naming_the_file(tmp_path, capsys, conten
 
 
 def test_a_bug_is_an_internal_error_and_out_of_memory_has_its_own_status(capsys, monkeypatch):
-    import lottery.commands.schedule as schedule_cmd
+    import lottery.cli.commands.schedule as schedule_cmd
 
     argv = ["schedule", "cosine", "--final-sparsity", "0.5", "--steps", "4"]
 
@@ -247,7 +247,7 @@ def test_a_bug_is_an_internal_error_and_out_of_memory_has_its_own_status(capsys,
 
 def crash_at(step: int, monkeypatch, nth: int = 1) -> None:
     """Make the `nth` engine made from now on raise after `step` optimizer steps (a kill)."""
-    from lottery import engine
+    from lottery.training import engine
 
     real, made = engine.Engine.__init__, []
 
@@ -307,7 +307,7 @@ def test_config_diff_names_nested_settings():
 def test_a_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from lottery.runfolder import hold\n"
+        [sys.executable, "-c", "import sys, time; from lottery.training.runfolder import hold\n"
          "with hold(sys.argv[1], 'the holder'):\n print('held', flush=True); time.sleep(120)",
          str(out)],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from lottery import layout
-from lottery.cli import main
-from lottery.masks import Mask, load_sparse
+from lottery.cli.main import main
+from lottery.core import layout
+from lottery.pruning.masks import Mask, load_sparse
 
 REPO = Path(__file__).resolve().parents[1]
 ARGS = ["imp", "--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",

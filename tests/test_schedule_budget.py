@@ -12,8 +12,8 @@ import torch
 from scipy import stats
 
 from experiments import schedule_budget as sb
-from lottery import engine
-from lottery.masks import Mask, load_sparse
+from lottery.pruning.masks import Mask, load_sparse
+from lottery.training import engine
 
 TINY = ["--quick", "--schedules", "one-cycle,one-shot (at 40%)", "--train-limit", "700"]
 TINY += ["--test-limit", "200", "--batch-size", "32", "--no-progress"]

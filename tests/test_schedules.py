@@ -8,9 +8,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.schedules import SCHEDULES, Schedule, register_schedule, schedule_params
+from lottery.cli.main import main
+from lottery.core.config import ConfigError
+from lottery.pruning.schedules import SCHEDULES, Schedule, register_schedule, schedule_params
 
 S_I, S_F = 0.1, 0.95
 
@@ -139,7 +139,7 @@ def test_user_functions_of_progress():
         assert sched.to_dict()["name"] == "square"
     finally:
         del SCHEDULES["square"]
-    by_path = Schedule("lottery.schedules:cosine", 0.8)
+    by_path = Schedule("lottery.pruning.schedules:cosine", 0.8)
     assert by_path.value(0.5) == pytest.approx(0.4)
     register_schedule("wild", lambda p, s_i, s_f: 1.5)
     try:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from lottery.cli import main
-from lottery.criteria import Context, score
-from lottery.export import Architecture, stored_numbers
-from lottery.masks import Mask, prune
-from lottery.speed import figure, measure, sweep, table, time_pair
+from lottery.cli.main import main
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
+from lottery.studies.export import Architecture, stored_numbers
+from lottery.studies.speed import figure, measure, sweep, table, time_pair
 
 ARCH = Architecture("lenet_64_32", (1, 28, 28), 10)
 
@@ -82,7 +82,7 @@ def test_sweep_prunes_each_route_its_own_way_and_draws_the_figure():
 
 def test_stored_numbers_counts_csr_values():
     model, mask = masked(0.9)
-    from lottery.export import export
+    from lottery.studies.export import export
 
     sparse = export("sparse", model, mask, ARCH).module
     assert stored_numbers(sparse) == mask.kept() + 64 + 32 + 10

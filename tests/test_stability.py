@@ -10,10 +10,10 @@ import pytest
 from scipy import stats
 
 from experiments import stability
-from lottery import engine
-from lottery import instability as instability_module
-from lottery.imp import IMPConfig, run_imp_seeds
-from lottery.masks import Mask
+from lottery.pruning.masks import Mask
+from lottery.studies import instability as instability_module
+from lottery.studies.imp import IMPConfig, run_imp_seeds
+from lottery.training import engine
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 import lottery
-from lottery.cli import COMMANDS, build_parser
+from lottery.cli.main import COMMANDS, build_parser
 
 HEAVY = ("torch", "torchvision", "scipy", "matplotlib", "seaborn", "pandas")
 
@@ -22,7 +22,7 @@ def loaded_after(code: str) -> list[str]:
 
 
 def test_help_and_version_import_no_torch():
-    run = "from lottery.cli import main\ntry:\n    main([{}])\nexcept SystemExit:\n    pass"
+    run = "from lottery.cli.main import main\ntry:\n    main([{}])\nexcept SystemExit:\n    pass"
     assert loaded_after(run.format("'--help'")) == []
     assert loaded_after(run.format("'--version'")) == []
     out = subprocess.run([sys.executable, "-m", "lottery", "--version"], capture_output=True,
@@ -33,10 +33,10 @@ def test_help_and_version_import_no_torch():
 @pytest.mark.parametrize("command", ["train", "imp", "prune", "rewind-sweep"])
 def test_training_commands_import_no_torchvision_scipy_or_plotting(command):
     code = (
-        "from lottery.cli import build_parser\n"
+        "from lottery.cli.main import build_parser\n"
         f"build_parser([{command!r}])\n"
-        "from lottery.build import make_model, load_data\n"
-        "from lottery.config import TrainConfig\n"
+        "from lottery.training.setup import make_model, load_data\n"
+        "from lottery.core.config import TrainConfig\n"
         "cfg = TrainConfig(model='lenet_300_100', dataset='synthetic', device='cpu')\n"
         "make_model(cfg, load_data(cfg))"
     )
@@ -67,10 +67,10 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_a_training_command_never_imports_dynamo(tmp_path, optimizer):
-    """torch.optim's classes import torch._dynamo (1-2 s) on first use; lottery.optim steps
+    """torch.optim's classes import torch._dynamo (1-2 s) on first use; lottery.core.optim steps
     through torch's functional kernels instead, so a whole run, with checkpoints, stays clear."""
     code = (
-        "from lottery.cli import main\n"
+        "from lottery.cli.main import main\n"
         f"main(['train', '--dataset', 'synthetic', '--model', 'lenet_32', '--steps', '6',\n"
         f"      '--optimizer', {optimizer!r}, '--checkpoint-every', '3', '--device', 'cpu',\n"
         f"      '--no-progress', '--out', {str(tmp_path / 'run')!r}])\n"

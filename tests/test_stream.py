@@ -1,9 +1,9 @@
-"""Tests for lottery.stream: deterministic, resumable, rank-sharded batches and seeded augmentation."""
+"""Tests for lottery.core.batches: deterministic, resumable, rank-sharded batches and seeded augmentation."""
 
 import pytest
 import torch
 
-from lottery.stream import BatchStream, augment_batch, crop_flip
+from lottery.core.batches import BatchStream, augment_batch, crop_flip
 
 # --- batching -----------------------------------------------------------------------------------
 

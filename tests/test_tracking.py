@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from lottery import layout
-from lottery.build import load_data, make_model
-from lottery.cli import main
-from lottery.config import ConfigError
-from lottery.masks import Mask
-from lottery.trainer import Trainer
+from lottery.cli.main import main
+from lottery.core import layout
+from lottery.core.config import ConfigError
+from lottery.pruning.masks import Mask
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 

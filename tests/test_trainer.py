@@ -11,14 +11,14 @@ import time
 import pytest
 import torch
 
-from lottery import storage
-from lottery.build import load_data, make_model
-from lottery.config import ConfigError, TrainConfig
-from lottery.engine import train_runs
-from lottery.optim import lr_factor
-from lottery.run import RunSpec, StartState
-from lottery.storage import CheckpointError, load_checkpoint
-from lottery.trainer import Trainer
+from lottery.core import storage
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.optim import lr_factor
+from lottery.core.storage import CheckpointError, load_checkpoint
+from lottery.training.engine import train_runs
+from lottery.training.run import RunSpec, StartState
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
 FMNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"

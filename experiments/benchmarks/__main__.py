@@ -21,9 +21,9 @@ import torch
 
 import experiments.benchmarks as package
 from experiments.benchmarks.common import Row, markdown
-from lottery.config import ConfigError
-from lottery.device import resolve_device
-from lottery.storage import write_bytes_atomic
+from lottery.core.config import ConfigError
+from lottery.core.device import resolve_device
+from lottery.core.storage import write_bytes_atomic
 
 PREFIX = "bench_"
 

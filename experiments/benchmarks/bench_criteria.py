@@ -13,9 +13,9 @@ from __future__ import annotations
 import torchvision
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.criteria import Context, score
-from lottery.masks import Mask, prune
-from lottery.models import prunable_names
+from lottery.models.registry import prunable_names
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
 
 INPUT_SHAPE = (3, 64, 64)
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 import tempfile
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.build import load_data, make_model
-from lottery.config import TrainConfig
-from lottery.pruner import GradualPruner, run_length
-from lottery.schedules import Schedule
-from lottery.trainer import Trainer
+from lottery.core.config import TrainConfig
+from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.schedules import Schedule
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:

@@ -7,10 +7,10 @@ informative (">= 0x": where CSR overtakes dense is the finding)."""
 from __future__ import annotations
 
 from experiments.benchmarks.common import Row, cli
-from lottery.curves import methods, one_shot_mask
-from lottery.device import resolve_device
-from lottery.export import Architecture
-from lottery.speed import measure
+from lottery.core.device import resolve_device
+from lottery.studies.curves import methods, one_shot_mask
+from lottery.studies.export import Architecture
+from lottery.studies.speed import measure
 
 SHAPE = (1, 28, 28)
 

@@ -13,9 +13,9 @@ import torchvision
 from torch.nn.utils import prune as tprune
 
 from experiments.benchmarks.common import Row, cli, interleaved, sync
-from lottery.criteria import Context, score
-from lottery.masks import Mask, prune
-from lottery.models import build_model, prunable_names
+from lottery.models.registry import build_model, prunable_names
+from lottery.pruning.criteria import Context, score
+from lottery.pruning.masks import Mask, prune
 
 
 def global_pruning(quick: bool, device: str) -> Row:

@@ -8,7 +8,7 @@ within 1 s of importing torch: the row's target is (torch + 1 s) / torch, from t
 Where it went (cProfile, 2026-11): decoding Fashion-MNIST's gzipped IDX files (~0.8-1.5 s; now
 memory-mapped from lottery/datasets/cache.py's decoded arrays from the second run on, and
 normalised in place) and torch._dynamo (~1.2-2.5 s), which every torch.optim.Optimizer imports on
-its first method call; lottery.optim steps through torch's functional kernels instead.
+its first method call; lottery.core.optim steps through torch's functional kernels instead.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.build import load_data, make_model
-from lottery.config import TrainConfig
-from lottery.trainer import Trainer
+from lottery.core.config import TrainConfig
+from lottery.training.setup import load_data, make_model
+from lottery.training.trainer import Trainer
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
-from lottery.config import ConfigError
-from lottery.device import resolve_device
+from lottery.core.config import ConfigError
+from lottery.core.device import resolve_device
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Reading records back: overlap against chance, multi-seed statistics, reports, figures."""

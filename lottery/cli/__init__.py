@@ -1,0 +1,1 @@
+"""The `lottery` command: the entry point and one module per subcommand."""

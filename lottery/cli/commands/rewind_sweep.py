@@ -1,0 +1,74 @@
+"""`lottery rewind-sweep`: IMP from several rewind points that share one dense run."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from lottery.cli.commands.imp import add_pruning_args, pruning_settings
+from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints
+from lottery.core import layout
+from lottery.core.config import TrainConfig
+from lottery.studies.imp import IMPConfig, validate_search
+from lottery.studies.rewind_sweep import rewind_sweep
+from lottery.training.runfolder import check_writable, hold
+from lottery.training.setup import load_data, make_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "rewind-sweep",
+        help=COMMANDS["rewind-sweep"],
+        description="Train one dense run with checkpoints at the rewind steps, then run IMP with "
+        "rewinding to each of them (same init, data order and pruning). Writes "
+        "rewind_sweep.json and a report (accuracy vs weights remaining per rewind point, "
+        "overlap of their masks). Rerunning resumes.",
+    )
+    add_train_args(p, "checkpoints/rewind_sweep")
+    p.add_argument(
+        "--rewind-steps",
+        type=parse_ints,
+        required=True,
+        help="comma-separated rewind steps k, e.g. 0,100,500,2000",
+    )
+    add_pruning_args(p)
+    p.add_argument(
+        "--batched",
+        action="store_true",
+        help="train each round's runs of every rewind point in one engine call, stacking those "
+        "that share a step (a point's ticket and controls) as one model",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    check_writable(args.out, "--out")
+    imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
+    data = load_data(cfg, download=args.download)
+    model = make_model(cfg, data)
+    for k in sorted(set(args.rewind_steps)):  # every point's settings, before the dense run
+        point = dataclasses.replace(imp, rewind_step=k)
+        validate_search([cfg], point, [layout.rewind_dir(args.out, k)], data, model)
+    with hold(args.out):
+        return _sweep(cfg, imp, args)
+
+
+def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
+    from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
+
+    result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, not args.no_progress)
+    print(
+        f"\n{'round':>5s} {'weights%':>9s}"
+        + "".join(f" {'k=' + str(k):>9s}" for k in result["steps"])
+    )
+    first = result["runs"][str(result["steps"][0])]
+    for i, row in enumerate(first):
+        accs = [result["runs"][str(k)][i]["test_accuracy"] for k in result["steps"]]
+        print(
+            f"{row['round']:5d} {row['percent_remaining']:9.2f}"
+            + "".join(f" {100 * a:9.2f}" for a in accs)
+        )
+    files = write_report(args.out)
+    print(f"results: {args.out / 'rewind_sweep.json'}; report: {files[-1]}")
+    return 0

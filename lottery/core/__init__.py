@@ -1,0 +1,1 @@
+"""Foundations: settings, file layout and storage, devices and processes, batches, optimizers."""

@@ -1,0 +1,90 @@
+"""Where and how a run computes: the device, CUDA fast-path switches, autocast and compilation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from lottery.core import distributed
+from lottery.core.config import ConfigError, TrainConfig
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA where there is none is an error.
+
+    Under torchrun a bare `cuda` means this process's own GPU, cuda:LOCAL_RANK.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for, but this machine has no usable CUDA GPU")
+    return distributed.local_device(torch.device(name))
+
+
+@contextlib.contextmanager
+def run_threads(threads: int | None) -> Iterator[None]:
+    """A run's CPU intra-op thread count (`--threads`; None keeps torch's) while it trains, and the
+    caller's given back after, so a notebook or test that trained a run keeps its own."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_fast_path(cfg: TrainConfig, device: torch.device) -> None:
+    """CUDA-only switches are errors elsewhere, so a CPU run never silently differs."""
+    if cfg.bf16 and device.type != "cuda":
+        raise ConfigError("--bf16 autocast is for CUDA runs; CPU results stay in float32")
+    if cfg.extra.get("cuda_graphs") and device.type != "cuda":
+        raise ConfigError(f"--cuda-graphs needs a CUDA device; this run is on {device}")
+
+
+def compiled(fn: Callable, cfg: TrainConfig) -> Callable:
+    """`fn` under torch.compile for --compile; --cuda-graphs adds CUDA-graph replay
+    (mode "reduce-overhead"), which pays off for small static-shape models bound by launches."""
+    if cfg.extra.get("cuda_graphs"):
+        return torch.compile(fn, mode="reduce-overhead")
+    return torch.compile(fn) if cfg.compile else fn
+
+
+def memory_format(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Conv nets on CUDA use channels_last (faster tensor-core convs) unless --no-channels-last."""
+    convs = any(p.dim() == 4 for p in model.parameters())
+    if device.type == "cuda" and convs and cfg.extra.get("channels_last", True):
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA for --bf16; a no-op otherwise."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def place(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The model on its device and memory format; in a data-parallel run, BatchNorm synchronised
+    so that it takes its statistics over the global batch as one process would."""
+    model = memory_format(model.to(device), cfg, device)
+    if distributed.world_size() == 1 or not has_batchnorm(model):
+        return model
+    if device.type != "cuda":
+        raise ConfigError(
+            "data-parallel BatchNorm models need CUDA, where SyncBatchNorm takes statistics "
+            "over the global batch as one process would; on CPU train them in one process"
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any BatchNorm layer is present (its running statistics then matter for eval)."""
+    return any(isinstance(module, _BATCHNORMS) for module in model.modules())

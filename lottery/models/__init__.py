@@ -1,0 +1,1 @@
+"""Architectures by name, each with its paper's training and pruning recipe."""

@@ -1,0 +1,1 @@
+"""The mask engine: masks, selection, criteria, schedules and the gradual pruner."""

@@ -1,0 +1,31 @@
+"""Checks of settings against the model that run before a command writes anything, so a mistake
+never leaves a half-made folder that refuses the corrected command."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from lottery.core.config import ConfigError
+from lottery.models.registry import prunable_names
+
+
+def check_rate_scale(
+    rate_scale: dict[str, float], model: nn.Module, rate: float, flag: str = "--rate-scale"
+) -> None:
+    """Every `rate_scale` name must be a prunable tensor of `model`, and every multiplier m must
+    keep the scaled rate m * `rate` in [0, 1), as the mask engine's `prune` requires."""
+    prunable = prunable_names(model)
+    for name, m in rate_scale.items():
+        if name not in prunable:
+            raise ConfigError(
+                f"{flag}: {name!r} is not a prunable tensor of this model; "
+                f"choose from {', '.join(prunable)}"
+            )
+        if not (math.isfinite(m) and m >= 0 and m * rate < 1):
+            top = f"< {1 / rate:g}" if rate > 0 else "finite"
+            raise ConfigError(
+                f"{flag}: multiplier {m} for {name!r} must be >= 0 and {top} "
+                f"(the scaled rate {m} x {rate:g} must stay in [0, 1))"
+            )

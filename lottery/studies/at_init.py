@@ -1,0 +1,319 @@
+"""Pruning at initialisation: prune θ0 once by a criterion to each sparsity, then train it.
+
+Beside each sparse network run the sanity checks of Frankle, Dziugaite, Roy & Carbin ("Pruning
+Neural Networks at Initialization: Why Are We Missing the Mark?", ICLR 2021): `layer-shuffle`
+(the mask shuffled within each layer: same per-layer counts, and with an N:M granularity not the
+same pattern), `reinit` (the same mask on a fresh initialisation) and `invert` (keep the lowest
+scores instead of the highest). Every network trains with the same settings an IMP ticket gets.
+
+Layout of a study in OUT (one per seed in OUT/seed_<s>/ with several seeds):
+    at_init.json                     settings and fingerprint (another study here is refused)
+    summary.json                     per sparsity: density and every run's metrics
+    sparsity_<s>/mask.npz            the criterion's mask
+    sparsity_<s>/<run>/              pruned, layer_shuffle, reinit, invert: config.json,
+                                     metrics.jsonl, result.json, weights.npz (+ mask.npz for
+                                     the controls that have their own mask)
+Rerunning resumes: masks are read back, finished runs return their stored results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from lottery.core import layout
+from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
+from lottery.core.storage import provenance, read_json, write_json
+from lottery.datasets import Splits
+from lottery.pruning.criteria import Context, check, score, training_batches
+from lottery.pruning.masks import (
+    SCOPES,
+    Mask,
+    MaskError,
+    check_granularity,
+    check_rate,
+    prune,
+    random_mask_like,
+)
+from lottery.training.engine import train_runs
+from lottery.training.run import RunSpec, TrainResult
+from lottery.training.runfolder import hold
+from lottery.training.setup import compact_run, load_data, make_model
+from lottery.training.trainer import Trainer
+
+CONTROLS = ("layer-shuffle", "reinit", "invert")
+PRUNED = "pruned"  # the run of the criterion's own mask
+# What pruning at initialisation can offer a criterion (no trained or accumulated weights).
+CONTEXT = {"model", "batches", "input_shape", "sparsity"}
+
+
+REINIT_OFFSET = 7919  # reinit seed = init seed + this
+SHUFFLE_OFFSET = 104729  # layer-shuffle seed = init seed * this + sparsity in basis points
+
+
+@dataclass
+class AtInitConfig:
+    """What to prune and which controls to run; validated on construction."""
+
+    criterion: str = "snip"
+    sparsities: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95, 0.98)
+    scope: str = "global"  # as the papers prune
+    granularity: str = "weight"
+    rate_scale: dict[str, float] = field(default_factory=dict)
+    controls: tuple[str, ...] = CONTROLS
+    score_batches: int = 1
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        self.sparsities = tuple(float(s) for s in self.sparsities)
+        self.controls = tuple(self.controls)
+        try:
+            check(self.criterion, CONTEXT)
+            check_granularity(self.granularity)
+            for s in self.sparsities:
+                check_rate(s, "sparsity")
+        except MaskError as e:
+            raise ConfigError(str(e)) from None
+        if not self.sparsities:
+            raise ConfigError("give at least one sparsity")
+        if len({layout.sparsity_dir(Path(), s) for s in self.sparsities}) != len(self.sparsities):
+            raise ConfigError(f"sparsities must be distinct, got {list(self.sparsities)}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"unknown pruning scope {self.scope!r}; choose from {SCOPES}")
+        bad = [c for c in self.controls if c not in CONTROLS]
+        if bad:
+            raise ConfigError(f"unknown control {bad[0]!r}; choose from {CONTROLS}")
+        if self.score_batches < 1:
+            raise ConfigError(f"score batches must be >= 1, got {self.score_batches}")
+
+    def record(self) -> dict[str, Any]:
+        """The settings that fix what each run is (sparsities and controls may grow on resume)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if k not in ("sparsities", "controls", "batched")}
+
+
+def run_at_init(
+    cfg: TrainConfig,
+    settings: AtInitConfig,
+    out: str | Path,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run or resume the study in `out` (one per seed in out/seed_<s>/ when `seeds` is given,
+    init and data-order seed alike); returns each study's summary, also in its summary.json.
+
+    Everything is validated, the data loaded and one dry prune done before anything is written;
+    with `settings.batched`, all networks of one sparsity (every seed) train as one stacked model.
+    """
+    out = Path(out)
+    if seeds is not None:
+        check_seeds(seeds)
+    cfgs = [cfg] if seeds is None else [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
+    outs = [out] if seeds is None else [layout.seed_dir(out, s) for s in seeds]
+    data = load_data(cfg)
+    model = make_model(cfg, data)
+    prune(
+        Mask.ones(model),
+        {n: p.detach().abs() for n, p in model.named_parameters()},
+        sparsity=max(settings.sparsities),
+        scope=settings.scope,
+        granularity=settings.granularity,
+        rate_scale=settings.rate_scale,
+    )  # a dry run: a layer N:M cannot apply to, or a rate for a missing layer, fails here
+    Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
+    with hold(out):  # one writer per study folder, taken once everything is validated
+        return _study(cfgs, outs, data, settings, progress)
+
+
+def _study(
+    cfgs: list[TrainConfig],
+    outs: list[Path],
+    data: Splits,
+    settings: AtInitConfig,
+    progress: bool,
+) -> list[dict]:
+    """Every sparsity's pruned network and controls, trained; the summaries written and printed."""
+    for c, o in zip(cfgs, outs, strict=True):
+        _write_settings(o, c, settings)
+
+    rows: list[list[dict]] = [[] for _ in outs]
+    for s in settings.sparsities:
+        runs = [_sparsity_runs(o, c, data, settings, s) for c, o in zip(cfgs, outs, strict=True)]
+        specs = [spec for search in runs for _, spec in search]
+        results = iter(train_runs(specs, data, batched=settings.batched, progress=progress))
+        for i, search in enumerate(runs):
+            metrics = {}
+            for name, spec in search:
+                metrics[name] = _metrics(next(results))
+                compact_run(spec.run_dir, spec.mask)
+            pruned = next(spec.mask for name, spec in search if name == PRUNED)
+            row = {
+                "sparsity": s,
+                "density": pruned.density(),
+                "layer_density": pruned.layer_density(),
+                PRUNED: metrics.pop(PRUNED),
+                "controls": metrics,
+            }
+            rows[i].append(row)
+    summaries = []
+    for o, r in zip(outs, rows, strict=True):
+        summary = {"settings": dataclasses.asdict(settings), "sparsities": r}
+        write_json(summary, o / layout.SUMMARY)
+        summaries.append(summary)
+    tqdm.write(table(summaries, settings))
+    return summaries
+
+
+def _sparsity_runs(
+    out: Path, cfg: TrainConfig, data: Splits, settings: AtInitConfig, sparsity: float
+) -> list[tuple[str, RunSpec]]:
+    """The criterion's sparse network and its controls at one sparsity, as runs to train."""
+    sdir = layout.sparsity_dir(out, sparsity)
+    path = {name: layout.control_dir(sdir, name) / layout.MASK for name in CONTROLS}
+    path[PRUNED] = sdir / layout.MASK
+    cache: dict[str, Any] = {}
+
+    def scores() -> dict:
+        if "scores" not in cache:
+            cache["scores"] = criterion_scores(cfg, data, settings, sparsity)
+        return cache["scores"]
+
+    def mask_of(name: str) -> Mask:
+        if not path[name].exists():
+            if name == "invert":
+                mask = _prune(settings, {n: -v for n, v in scores().items()}, sparsity)
+            elif name == "layer-shuffle":
+                mask = random_mask_like(mask_of(PRUNED), shuffle_seed(cfg, sparsity))
+            else:
+                mask = _prune(settings, scores(), sparsity)
+            mask.save(path[name])
+        return Mask.load(path[name])
+
+    label = f"{settings.criterion} {100 * sparsity:g}% s{cfg.init_seed}"
+    record = {"label": label, "sparsity": sparsity, "criterion": settings.criterion}
+    runs = [(PRUNED, RunSpec(cfg, layout.control_dir(sdir, PRUNED), make_model(cfg, data),
+                             mask_of(PRUNED), None, record))]  # fmt: skip
+    for name in settings.controls:
+        if name == "reinit":
+            seed = cfg.init_seed + REINIT_OFFSET
+            model, mask, extra = (
+                make_model(cfg, data, seed=seed),
+                mask_of(PRUNED),
+                {"reinit_seed": seed},
+            )
+        else:
+            model, mask = make_model(cfg, data), mask_of(name)
+            extra = {"mask_seed": shuffle_seed(cfg, sparsity)} if name == "layer-shuffle" else {}
+        rec = {**record, "label": f"{label} {name}", "control": name, **extra}
+        runs.append(
+            (
+                name,
+                RunSpec(cfg, layout.control_dir(sdir, name), model, mask, None, rec),
+            )
+        )
+    return runs
+
+
+def criterion_scores(
+    cfg: TrainConfig, data: Splits, settings: AtInitConfig, sparsity: float
+) -> dict:
+    """The criterion's scores of the initialised network (batches drawn by the data seed, random
+    scores by the init seed)."""
+    model = make_model(cfg, data).to(data.train_x.device)
+    params = dict(model.named_parameters())
+    ctx = Context(
+        {n: params[n].detach() for n in Mask.ones(model).names()},
+        model=model,
+        sparsity=sparsity,
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, cfg.data_seed),
+        score_batches=settings.score_batches,
+        input_shape=data.input_shape,
+    )
+    return score(settings.criterion, ctx, seed=cfg.init_seed)
+
+
+def shuffle_seed(cfg: TrainConfig, sparsity: float) -> int:
+    """The layer-shuffle control's seed: distinct per init seed and sparsity."""
+    return cfg.init_seed * SHUFFLE_OFFSET + round(10_000 * sparsity)
+
+
+def _prune(settings: AtInitConfig, scores: dict, sparsity: float) -> Mask:
+    names = list(scores)
+    ones = Mask({n: scores[n].new_ones(scores[n].shape, dtype=bool) for n in names})
+    return prune(
+        ones,
+        scores,
+        sparsity=sparsity,
+        scope=settings.scope,
+        granularity=settings.granularity,
+        rate_scale=settings.rate_scale,
+    ).cpu()
+
+
+def _metrics(result: TrainResult) -> dict[str, Any]:
+    keys = ("test_accuracy", "test_loss", "best_val_step", "test_accuracy_at_best_val", "seconds")
+    return {k: getattr(result, k) for k in keys}
+
+
+def _write_settings(out: Path, cfg: TrainConfig, settings: AtInitConfig) -> None:
+    """at_init.json: the study's configuration; a different study in the same folder is refused."""
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            [cfg.fingerprint(*NON_RESULT_FIELDS), settings.record()], sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
+    path = out / layout.AT_INIT
+    if path.exists() and read_json(path).get("fingerprint") != fingerprint:
+        raise ConfigError(
+            f"{out} holds a pruning-at-init study with other settings; only --sparsities, "
+            "--controls and --batched may change when resuming. Use a new --out directory."
+        )
+    write_json(
+        {
+            "train": cfg.to_dict(),
+            "at_init": dataclasses.asdict(settings),
+            "fingerprint": fingerprint,
+            **provenance(),
+        },
+        path,
+    )
+
+
+def accuracy(summaries: list[dict], sparsity: float, run: str) -> list[float]:
+    """Test accuracy (%) at the best validation step of `run` at `sparsity`, one per study."""
+    out = []
+    for summary in summaries:
+        for row in summary["sparsities"]:
+            if row["sparsity"] == sparsity:
+                m = row[PRUNED] if run == PRUNED else row["controls"].get(run)
+                if m is not None:
+                    acc = m["test_accuracy_at_best_val"]
+                    out.append(100 * (acc if acc is not None else m["test_accuracy"]))
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    """`mean ± std` over seeds (std 0 for one value), or '-' for none."""
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+
+
+def table(summaries: list[dict], settings: AtInitConfig) -> str:
+    """Markdown table: test accuracy (%) at the best validation step, mean ± std over studies."""
+    runs = [PRUNED, *settings.controls]
+    head = f"| sparsity | {settings.criterion} | " + " | ".join(settings.controls) + " |"
+    lines = [head.replace("|  |", "|"), "|---" * (len(runs) + 1) + "|"]
+    for s in settings.sparsities:
+        cells = [mean_std(accuracy(summaries, s, r)) for r in runs]
+        lines.append(f"| {100 * s:g}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

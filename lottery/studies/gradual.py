@@ -1,0 +1,142 @@
+"""Gradual-pruning runs: train while a schedule grows the sparsity, one run or many batched.
+
+A gradual run's folder is a training run's (`lottery.training.run`) plus pruning.jsonl (every mask update)
+and, once finished, mask.npz and weights.npz (the final mask and sparse weights). Runs that share
+architecture and optimizer settings train as one stacked model with `batched=True`, each with its
+own schedule, seeds and pruner, so a schedule comparison is one pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lottery.core import distributed, layout
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.storage import load_checkpoint
+from lottery.datasets import Splits
+from lottery.models.registry import conv_weight_names
+from lottery.pruning.checks import check_rate_scale
+from lottery.pruning.criteria import training_batches
+from lottery.pruning.masks import Mask, save_sparse
+from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.schedules import Schedule
+from lottery.training.engine import Hooks, train_runs
+from lottery.training.run import RunSpec, TrainResult
+from lottery.training.runfolder import hold
+from lottery.training.setup import make_model
+
+LAYERS = ("all", "conv")
+
+
+@dataclass
+class PruningSettings:
+    """How the mask grows: update every N steps, scope, granularity, criterion, per-tensor
+    multipliers of the target (0 leaves a tensor dense), seed of random scores, and which layers
+    are pruned: every prunable tensor ("all") or the convolution weights only ("conv", fully
+    connected layers stay dense, as fasterai's SparsifyCallback that Hubens et al., ICIP 2022,
+    used)."""
+
+    every: int = 100
+    scope: str = "layer"
+    granularity: str = "weight"
+    criterion: str = "magnitude"
+    rate_scale: dict[str, float] = field(default_factory=dict)
+    seed: int = 0
+    layers: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.layers not in LAYERS:
+            raise ConfigError(f"unknown pruned layers {self.layers!r}; choose from {LAYERS}")
+
+
+@dataclass
+class GradualRun:
+    """One run to train under `schedule` in folder `out` (model: the configured one if None).
+
+    A run without a schedule is a dense reference, trained beside the pruned ones."""
+
+    cfg: TrainConfig
+    schedule: Schedule | None
+    out: Path
+    model: nn.Module | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> RunSpec:
+    """The engine's run for a gradual run: its pruner, and the pruning settings in its config."""
+    model = run.model if run.model is not None else make_model(run.cfg, data)
+    if run.schedule is None:
+        return RunSpec(run.cfg, Path(run.out), model, record=run.record)
+    top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
+    check_rate_scale(settings.rate_scale, model, top)
+    mask, layers = None, {}
+    if settings.layers == "conv":
+        names = conv_weight_names(model)
+        if not names:
+            raise ConfigError(f"layers='conv': {run.cfg.model} has no convolution weights")
+        outside = sorted(set(settings.rate_scale) - set(names))
+        if outside:
+            raise ConfigError(f"layers='conv' leaves {outside[0]!r} dense; drop its rate scale")
+        mask, layers = Mask.ones(model, names), {"layers": "conv"}
+    total, per_epoch = run_length(run.cfg, data)
+    pruner = GradualPruner(
+        run.schedule,
+        total,
+        every=settings.every,
+        steps_per_epoch=per_epoch,
+        scope=settings.scope,
+        granularity=settings.granularity,
+        criterion=settings.criterion,
+        rate_scale=settings.rate_scale,
+        seed=settings.seed,
+        log_path=Path(run.out) / layout.PRUNING_LOG,
+        batches=training_batches(data.train_x, data.train_y, run.cfg.batch_size, settings.seed),
+        input_shape=data.input_shape,
+    )
+    # "layers" is recorded only when not "all", so runs recorded before it existed still resume
+    cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": {**pruner.settings(), **layers}})
+    return RunSpec(cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner)
+
+
+def train_gradual(
+    runs: Sequence[GradualRun],
+    settings: PruningSettings,
+    data: Splits,
+    *,
+    batched: bool = False,
+    progress: bool = True,
+    hooks: Hooks | None = None,
+    lock: Path | None = None,
+) -> list[TrainResult]:
+    """Train (or resume, or read back) gradual runs; each finished one gets mask.npz and weights.npz.
+
+    Every run is validated before anything is written; then `lock` (a folder holding the runs) is
+    held against a second writer while they train.
+    """
+    specs = [pruned_spec(r, settings, data) for r in runs]
+    with hold(lock) if lock is not None else contextlib.nullcontext():
+        results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
+        if distributed.is_main():
+            for spec in specs:
+                if spec.pruner is not None:
+                    final_mask(spec.run_dir)
+        distributed.barrier("waiting for rank 0 to write the final masks")
+    return results
+
+
+def final_mask(run_dir: Path) -> Mask:
+    """A finished gradual run's final mask, written with its sparse weights on first call."""
+    path = run_dir / layout.MASK
+    if path.exists() and (run_dir / layout.WEIGHTS).exists():
+        return Mask.load(path)
+    final = load_checkpoint(layout.checkpoint_dir(run_dir) / layout.FINAL)
+    mask = Mask(final["mask"])
+    mask.save(path)
+    save_sparse(final["model"], mask, run_dir / layout.WEIGHTS)
+    return mask

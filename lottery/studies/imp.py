@@ -1,0 +1,554 @@
+"""Iterative magnitude pruning (IMP): the winning-ticket search, with rewinding and controls.
+
+Round 0 trains the dense network (saving θ0 and θk). Each later round prunes a fraction of the
+remaining weights by the previous round's final magnitudes, resets the survivors and retrains
+(Frankle & Carbin, ICLR 2019; rewinding: Frankle et al. 2019/2020; LR rewinding and fine-tuning:
+Renda et al., ICLR 2020). Controls (random re-init, random pruning) run beside each round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from lottery.core import distributed, layout
+from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
+from lottery.core.device import resolve_device
+from lottery.core.storage import provenance, read_json, write_json
+from lottery.datasets import Splits
+from lottery.models.registry import output_layer_name, prunable_names
+from lottery.pruning.checks import check_rate_scale
+from lottery.pruning.criteria import CRITERIA, Context, check, score, training_batches
+from lottery.pruning.masks import (
+    Mask,
+    MaskError,
+    check_granularity,
+    check_rate,
+    load_sparse,
+    prune,
+    random_mask_like,
+)
+from lottery.pruning.pruner import run_length
+from lottery.training.engine import train_runs
+from lottery.training.run import RunSpec, StartState, TrainResult
+from lottery.training.runfolder import describe_diff, hold
+from lottery.training.setup import compact_run, load_data, make_model
+
+RESETS = ("init", "rewind", "lr-rewind", "finetune")
+
+# Seeds derived for each round from the search's init seed. SEED_STRIDE keeps searches with
+# different init seeds apart for up to 1000 rounds; the primes keep the two controls' seeds from
+# colliding with each other and with the pruning seeds. Changing any of them changes every
+# recorded control (they are part of past results), so they are fixed.
+SEED_STRIDE, REINIT_PRIME, RANDOM_PRUNE_PRIME = 1000, 7919, 104729
+
+
+def mask_seed(init_seed: int, r: int) -> int:
+    """Seed of round r's pruning scores (only random criteria use it)."""
+    return init_seed * SEED_STRIDE + r
+
+
+def reinit_seed(init_seed: int, r: int) -> int:
+    """Seed of the fresh init of round r's random-reinit control."""
+    return init_seed + REINIT_PRIME * r
+
+
+def random_prune_seed(init_seed: int, r: int) -> int:
+    """Seed of the random mask of round r's random-prune control."""
+    return init_seed * SEED_STRIDE + RANDOM_PRUNE_PRIME * r
+
+
+CONTROLS = ("random-reinit", "random-prune")
+# What a round's pruning can offer a criterion (scores accumulated in training are not kept).
+CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
+
+
+@dataclass
+class IMPConfig:
+    """Pruning settings of a search; None means the model's paper default (see `imp_defaults`)."""
+
+    rounds: int = 5
+    fraction: float | None = None
+    scope: str | None = None
+    rate_scale: dict[str, float] | None = None
+    granularity: str = "weight"
+    criterion: str = "magnitude"
+    reset: str = "init"
+    rewind_step: int = 0
+    finetune_lr: float | None = None
+    controls: tuple[str, ...] = ()
+    control_rounds: tuple[int, ...] = ()  # train the controls only at these rounds (empty: every)
+    save_control_weights: bool = False
+    keep_checkpoints: bool = False
+    batched: bool = False
+
+    def __post_init__(self) -> None:
+        self.controls = tuple(self.controls)
+        self.control_rounds = tuple(self.control_rounds)
+        if any(r < 1 for r in self.control_rounds):
+            raise ConfigError(f"control rounds must be >= 1, got {list(self.control_rounds)}")
+        if self.rounds < 0:
+            raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
+        if self.reset not in RESETS:
+            raise ConfigError(f"unknown reset {self.reset!r}; choose from {RESETS}")
+        bad = set(self.controls) - set(CONTROLS)
+        if bad:
+            raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {CONTROLS}")
+        if self.fraction is not None:
+            check_rate(self.fraction, "prune fraction per round")
+        try:
+            check_granularity(self.granularity)
+            check(self.criterion, CONTEXT)
+        except MaskError as e:
+            raise ConfigError(str(e)) from None
+        if self.rewind_step < 0:
+            raise ConfigError(f"rewind step must be >= 0, got {self.rewind_step}")
+        if self.reset == "init" and self.rewind_step:
+            raise ConfigError(
+                f"--rewind-step {self.rewind_step} needs --reset rewind, lr-rewind or finetune; "
+                "--reset init restarts every round from step 0"
+            )
+        if self.finetune_lr is not None and not (
+            math.isfinite(self.finetune_lr) and self.finetune_lr > 0
+        ):
+            raise ConfigError(f"--finetune-lr must be a finite number > 0, got {self.finetune_lr}")
+
+
+def imp_defaults(model_name: str, model) -> dict[str, Any]:
+    """Per-model pruning defaults from the papers.
+
+    LeNet: layer-wise 20%, output layer 10% (Frankle & Carbin 2019). Conv-2/4/6: layer-wise, fc 20%,
+    conv 10% (Conv-6: 15%), output 10% (same paper). ResNet-20, VGG and other deep nets: global 20%
+    over the conv layers, output layer unpruned (same paper, Sec. 4; OpenLTH's default).
+    """
+    out = output_layer_name(model)
+    if model_name.startswith("lenet"):
+        return {"fraction": 0.2, "scope": "layer", "rate_scale": {out: 0.5}}
+    if re.fullmatch(r"conv[246]", model_name):
+        conv_scale = 0.75 if model_name == "conv6" else 0.5
+        params = dict(model.named_parameters())
+        scale = {n: conv_scale for n in prunable_names(model) if params[n].dim() == 4}
+        return {"fraction": 0.2, "scope": "layer", "rate_scale": {**scale, out: 0.5}}
+    return {"fraction": 0.2, "scope": "global", "rate_scale": {out: 0.0} if out else {}}
+
+
+def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
+    d = imp_defaults(model_name, model)
+    return dataclasses.replace(
+        imp,
+        fraction=imp.fraction if imp.fraction is not None else d["fraction"],
+        scope=imp.scope or d["scope"],
+        rate_scale=imp.rate_scale if imp.rate_scale is not None else d["rate_scale"],
+    )
+
+
+def run_imp(cfg: TrainConfig, imp: IMPConfig, out: str | Path, progress: bool = True) -> dict:
+    """Run, resume or extend an IMP search in `out`; returns the summary also in summary.json.
+
+    Every setting is checked against the model and data before anything is written, and the
+    search holds `out`'s lock while it runs. summary.json is refreshed after every round. A smaller
+    --rounds than a finished search holds returns its first rounds and rewrites no record.
+    Under torchrun every rank runs this; rank 0 writes the files and the others read them.
+    """
+    return run_searches([cfg], [imp], [Path(out)], Path(out), progress)[0]
+
+
+def run_imp_seeds(
+    cfg: TrainConfig, imp: IMPConfig, out: str | Path, seeds: Sequence[int], progress: bool = True
+) -> dict[int, dict]:
+    """One search per seed (its init and data-order seed) in out/seed_<s>/, each laid out as usual.
+
+    The searches advance round by round together, so with `imp.batched` a round's tickets and
+    controls of every seed train as one batched model.
+    """
+    check_seeds(seeds)
+    cfgs = [cfg.replace(init_seed=s, data_seed=s) for s in seeds]
+    outs = [layout.seed_dir(Path(out), s) for s in seeds]
+    summaries = run_searches(cfgs, [imp] * len(seeds), outs, Path(out), progress)
+    return dict(zip(seeds, summaries, strict=True))
+
+
+def validate_search(
+    cfgs: list[TrainConfig], imp: IMPConfig, outs: list[Path], data: Splits, model
+) -> IMPConfig:
+    """Check a search's settings against the model, the data and the folders' records, writing
+    nothing; returns the settings with the model's paper defaults filled in."""
+    imp = _resolved(imp, cfgs[0].model, model)
+    check_rate_scale(imp.rate_scale or {}, model, imp.fraction)
+    total, _ = run_length(cfgs[0], data)
+    if imp.rewind_step > total:
+        raise ConfigError(
+            f"--rewind-step {imp.rewind_step} lies beyond the end of training ({total} steps)"
+        )
+    late = [s for s in cfgs[0].save_at if s > total]
+    if late:
+        raise ConfigError(f"--save-at steps {late} lie beyond the end of training ({total} steps)")
+    for cfg, out in zip(cfgs, outs, strict=True):
+        _check_record(out, cfg, imp)
+    return imp
+
+
+def run_searches(
+    cfgs: list[TrainConfig], imps: list[IMPConfig], outs: list[Path], root: Path, progress: bool
+) -> list[dict]:
+    """Several searches side by side (same data and model; seeds, rewind points and the like may
+    differ): validated first, then, holding `root`'s lock, advanced round by round together, so
+    that with `batched` each round's runs of every search go to the engine in one call."""
+    if len({imp.rounds for imp in imps}) != 1:
+        raise ConfigError("searches side by side must have the same number of rounds")
+    distributed.setup(resolve_device(cfgs[0].device))
+    data = load_data(cfgs[0])
+    model = make_model(cfgs[0], data)
+    imps = [
+        validate_search([c], i, [o], data, model) for c, i, o in zip(cfgs, imps, outs, strict=True)
+    ]
+    with hold(root):
+        return _loop(cfgs, imps, outs, data, model, progress)
+
+
+def _loop(
+    cfgs: list[TrainConfig],
+    imps: list[IMPConfig],
+    outs: list[Path],
+    data: Splits,
+    model,
+    progress: bool,
+) -> list[dict]:
+    """The IMP rounds; each search's summary.json is refreshed after every round."""
+    ks = [imp.rewind_step if imp.reset != "init" else 0 for imp in imps]
+    recorded = [_recorded_rounds(out) for out in outs]
+    for cfg, imp, out in zip(cfgs, imps, outs, strict=True):
+        _write_record(out, cfg, imp)
+
+    # Round 0: the dense network, saving θ0 and θk once for every later round.
+    dense = [
+        cfg.replace(save_at=tuple({*cfg.save_at, 0, k})) for cfg, k in zip(cfgs, ks, strict=True)
+    ]
+    masks = [Mask.ones(model) for _ in cfgs]
+    first = _rounds(0, outs, dense, data, masks, [None] * len(cfgs), imps, progress)
+    rounds = [[row] for row in first]
+    _write_summaries(rounds, imps, outs, recorded)
+    dense_runs = [layout.ticket_dir(out, 0) for out in outs]
+    theta_0 = [StartState.from_checkpoint(layout.step_checkpoint(d, 0)) for d in dense_runs]
+    theta_k = [StartState.from_checkpoint(layout.step_checkpoint(d, k))
+               for d, k in zip(dense_runs, ks, strict=True)]  # fmt: skip
+
+    for r in range(1, imps[0].rounds + 1):
+        prev = [_final_weights(layout.ticket_dir(out, r - 1)) for out in outs]
+        masks = [
+            _next_mask(layout.round_dir(out, r), m, p, imp, seed=mask_seed(cfg.init_seed, r),
+                       context=(cfg, data, t0.model, tk.model))
+            for out, m, p, cfg, imp, t0, tk in zip(outs, masks, prev, cfgs, imps, theta_0,
+                                                    theta_k, strict=True)
+        ]  # fmt: skip
+        resets = [_reset(*a) for a in zip(imps, cfgs, theta_0, theta_k, prev, ks, strict=True)]
+        starts, round_cfgs = [s for s, _ in resets], [c for _, c in resets]
+        rows = _rounds(r, outs, round_cfgs, data, masks, starts, imps, progress)
+        for kept, row in zip(rounds, rows, strict=True):
+            kept.append(row)
+        _write_summaries(rounds, imps, outs, recorded)
+    return [
+        {"settings": _settings(imp), "rounds": rows} for imp, rows in zip(imps, rounds, strict=True)
+    ]
+
+
+def _recorded_rounds(out: Path) -> int:
+    """How many rounds the search's summary.json lists (0 if it has none yet)."""
+    path = out / layout.SUMMARY
+    return len(read_json(path)["rounds"]) if path.exists() else 0
+
+
+def _write_summaries(
+    rounds: list[list[dict]], imps: list[IMPConfig], outs: list[Path], recorded: list[int]
+) -> None:
+    """Refresh each summary.json with the rounds done so far, unless it already lists more (a
+    smaller --rounds on a finished search reports its first rounds and leaves the record)."""
+    if not distributed.is_main():
+        return
+    for rows, imp, out, n in zip(rounds, imps, outs, recorded, strict=True):
+        if len(rows) >= n:
+            write_json({"settings": _settings(imp), "rounds": rows}, out / layout.SUMMARY)
+
+
+def _rounds(
+    r: int,
+    outs: list[Path],
+    cfgs: list[TrainConfig],
+    data: Splits,
+    masks: list[Mask],
+    starts: list[StartState | None],
+    imps: list[IMPConfig],
+    progress: bool,
+) -> list[dict]:
+    """Train round r's ticket and controls of every search in one call to the engine (which
+    stacks, with `batched`, the runs that can share a step); return each search's summary row
+    (and print it)."""
+    args = zip(outs, cfgs, masks, starts, imps, strict=True)
+    runs = [_round_runs(r, out, cfg, mask, start, data, imp) for out, cfg, mask, start, imp in args]
+    specs = [spec for search in runs for _, spec, _ in search]
+    results = iter(train_runs(specs, data, batched=imps[0].batched, progress=progress))
+    rows = []
+    for i, (search, mask, imp) in enumerate(zip(runs, masks, imps, strict=True)):
+        controls: dict[str, dict] = {}
+        for name, spec, extra in search:
+            result = next(results)
+            weights = name is None or imp.save_control_weights
+            kept = spec.mask if spec.mask is not None else mask
+            compact_run(spec.run_dir, kept, weights=weights, keep=imp.keep_checkpoints)
+            if name is None:
+                ticket = result
+            else:
+                controls[name] = {**_metrics(result), **extra}
+        row = {
+            "round": r,
+            "density": mask.density(),
+            "percent_remaining": 100 * mask.density(),
+            "layer_density": mask.layer_density(),
+            **_metrics(ticket),
+            "controls": controls,
+        }
+        tag = outs[i].name if len(outs) > 1 else ""
+        _print_row(row, imp.controls, header=r == 0 and i == 0, tag=tag)
+        rows.append(row)
+    return rows
+
+
+def _round_runs(
+    r: int,
+    out: Path,
+    cfg: TrainConfig,
+    mask: Mask,
+    start: StartState | None,
+    data: Splits,
+    imp: IMPConfig,
+) -> list[tuple[str | None, RunSpec, dict]]:
+    """Round r's ticket (name None) and controls as runs to train, with the controls' seeds."""
+    rdir = layout.round_dir(out, r)
+    if distributed.is_main() and not (rdir / layout.MASK).exists():
+        mask.save(rdir / layout.MASK)
+    ticket = RunSpec(
+        cfg, rdir / layout.TICKET, make_model(cfg, data), mask if r else None, start,
+        record={"label": f"round {r}", "round": r},
+    )  # fmt: skip
+    due = r > 0 and (not imp.control_rounds or r in imp.control_rounds)
+    controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if due else ())]
+    return [(None, ticket, {}), *controls]
+
+
+def _reset(
+    imp: IMPConfig,
+    cfg: TrainConfig,
+    theta_0: StartState,
+    theta_k: StartState,
+    prev: dict,
+    k: int,
+) -> tuple[StartState, TrainConfig]:
+    """The state each round restarts from, and its training configuration, per reset mode."""
+    if imp.reset == "init":
+        return StartState(theta_0.model), cfg
+    if imp.reset == "rewind":
+        return theta_k, cfg
+    start = StartState(prev, None, k)
+    if imp.reset == "lr-rewind":
+        return start, cfg
+    return start, cfg.replace(lr=imp.finetune_lr or cfg.lr * 0.01, lr_schedule="constant")
+
+
+def _control(
+    name: str,
+    r: int,
+    rdir: Path,
+    cfg: TrainConfig,
+    data: Splits,
+    mask: Mask,
+    start: StartState,
+) -> tuple[str, RunSpec, dict]:
+    """One control beside round r: the same mask with a fresh init, or a random same-density mask."""
+    cdir = rdir / name.replace("-", "_")
+    if name == "random-reinit":
+        seed = reinit_seed(cfg.init_seed, r)
+        fresh = make_model(cfg, data, seed=seed).state_dict()
+        cmask, cstart, extra = mask, StartState(fresh, None, start.step), {"reinit_seed": seed}
+    else:
+        seed = random_prune_seed(cfg.init_seed, r)
+        cmask = _load_or_make_mask(cdir / layout.MASK, lambda: random_mask_like(mask, seed))
+        cstart, extra = start, {"mask_seed": seed}
+    record = {"label": f"round {r} {name}", "round": r, "control": name, **extra}
+    return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
+
+
+def _next_mask(
+    rdir: Path, mask: Mask, weights: dict, imp: IMPConfig, seed: int, context: tuple
+) -> Mask:
+    """Prune the previous round's final weights; stored once, so a resumed search reuses it.
+
+    `context` (config, data, θ0 and θk state dicts) feeds criteria that look beyond the weights.
+    """
+
+    def make() -> Mask:
+        ctx = _criterion_context(mask, weights, imp, seed, *context)
+        scores = score(imp.criterion, ctx, seed=seed)
+        return prune(
+            mask,
+            scores,
+            fraction=imp.fraction,
+            scope=imp.scope,
+            granularity=imp.granularity,
+            rate_scale=imp.rate_scale,
+        )
+
+    return _load_or_make_mask(rdir / layout.MASK, make)
+
+
+def _criterion_context(
+    mask: Mask,
+    weights: dict,
+    imp: IMPConfig,
+    seed: int,
+    cfg: TrainConfig,
+    data: Splits,
+    theta_0: dict,
+    theta_k: dict,
+) -> Context:
+    """What a criterion may use at a round's pruning: the final weights, θ0 (θk when rewinding),
+    the trained model, seeded training batches and the round's approximate target sparsity."""
+    device = data.train_x.device
+    names = mask.names()
+    model = None
+    if "model" in CRITERIA[imp.criterion].needs:
+        model = make_model(cfg, data).to(device)
+        model.load_state_dict(weights)
+    return Context(
+        weights={n: weights[n].to(device) for n in names},
+        initial={n: theta_0[n] for n in names},
+        rewind={n: theta_k[n] for n in names} if imp.reset == "rewind" else None,
+        model=model,
+        mask=mask.to(device),
+        sparsity=1.0 - mask.density() * (1.0 - imp.fraction),
+        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
+        input_shape=data.input_shape,
+    )
+
+
+def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:
+    """Rank 0 makes and stores the mask once; every rank, and any resumed search, reads the file."""
+    if distributed.is_main() and not path.exists():
+        make().save(path)
+    distributed.barrier(f"waiting for rank 0 to write {path}")
+    return Mask.load(path)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """A finished run's final weights, exactly, from its sparse record."""
+    state, _ = load_sparse(run / layout.WEIGHTS)
+    return state
+
+
+def _metrics(result: TrainResult) -> dict[str, Any]:
+    keys = (
+        "test_accuracy",
+        "test_loss",
+        "best_val_step",
+        "test_accuracy_at_best_val",
+        "steps",
+        "seconds",
+    )
+    return {k: getattr(result, k) for k in keys}
+
+
+def _settings(imp: IMPConfig) -> dict[str, Any]:
+    return dataclasses.asdict(imp)
+
+
+# --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
+_FREE_SETTINGS = ("rounds", "batched")
+# settings added after searches were recorded: at these defaults they stay out of the fingerprint,
+# so those searches still resume
+_LATER_SETTINGS: dict[str, Any] = {"control_rounds": ()}
+
+
+def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
+    settings = {
+        k: v
+        for k, v in _settings(imp).items()
+        if k not in _FREE_SETTINGS and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])
+    }
+    return hashlib.sha256(
+        json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), settings], sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+
+def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
+    """Refuse a folder whose imp.json records another search, naming the settings that differ."""
+    path = out / layout.IMP_RECORD
+    if not path.exists():
+        return
+    old = read_json(path)
+    if old.get("fingerprint") == _search_fingerprint(cfg, imp):
+        return
+
+    def comparable(train: dict, settings: dict) -> dict:
+        return {
+            "train": {k: v for k, v in train.items() if k not in NON_RESULT_FIELDS},
+            "imp": {k: v for k, v in settings.items() if k not in _FREE_SETTINGS},
+        }
+
+    before = comparable(old.get("train", {}), old.get("imp", {}))
+    after = comparable(cfg.to_dict(), json.loads(json.dumps(_settings(imp))))
+    raise ConfigError(
+        f"{out} holds an IMP search with other settings ({describe_diff(before, after)}); only "
+        "--rounds may change when resuming. Use a new --out directory."
+    )
+
+
+def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
+    """imp.json: the search's full configuration, written when new or when --rounds grows."""
+    _check_record(out, cfg, imp)
+    path = out / layout.IMP_RECORD
+    if path.exists() and read_json(path)["imp"]["rounds"] >= imp.rounds:
+        return
+    fingerprint = _search_fingerprint(cfg, imp)
+    if distributed.is_main():
+        write_json(
+            {
+                "train": cfg.to_dict(),
+                "imp": _settings(imp),
+                "fingerprint": fingerprint,
+                **provenance(),
+            },
+            path,
+        )
+
+
+def _fmt(x: float | None) -> str:
+    return "   -  " if x is None else f"{100 * x:6.2f}"
+
+
+def _print_row(row: dict, controls: tuple[str, ...], header: bool = False, tag: str = "") -> None:
+    """One line of the per-round table (through tqdm so progress bars stay intact); `tag` names
+    the search when several run side by side."""
+    if header:
+        cols = "round  weights%  test_acc  acc@best_val  best_step" + "".join(
+            f"  {c:>13s}" for c in controls
+        )
+        cols = f"{'search':>8s}  {cols}" if tag else cols
+        tqdm.write(cols)
+        tqdm.write("-" * len(cols))
+    line = (
+        f"{row['round']:5d}  {row['percent_remaining']:8.2f}  {_fmt(row['test_accuracy']):>8s}"
+        f"  {_fmt(row['test_accuracy_at_best_val']):>12s}  {row['best_val_step'] or 0:9d}"
+    )
+    for c in controls:
+        m = row["controls"].get(c)
+        line += f"  {_fmt(m['test_accuracy_at_best_val'] if m else None):>13s}"
+    tqdm.write(f"{tag:>8s}  {line}" if tag else line)

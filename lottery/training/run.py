@@ -1,0 +1,294 @@
+"""One run's bookkeeping: its folder, records, checkpoints, best-validation tracking and resume.
+
+A run folder holds config.json, metrics.jsonl, checkpoints/ and, once finished, result.json
+(names in `lottery.core.layout`). The state after step k (weights, optimizer, LR schedule, mask,
+pruner, RNG, best-validation and loss tallies) is a checkpoint; the data order is a pure function
+of (data seed, step), so resuming from any checkpoint replays exactly what an uninterrupted run
+would have done. In a data-parallel run rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lottery.core import distributed, layout, storage
+from lottery.core.batches import BatchStream
+from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.device import check_fast_path, place
+from lottery.datasets import Splits
+from lottery.pruning.masks import Mask
+from lottery.pruning.pruner import Pruner
+from lottery.training.runfolder import check_identity, run_identity
+from lottery.training.tracking import TensorBoardTracker, evaluation_scalars
+
+
+@dataclass
+class StartState:
+    """Where training begins: weights, optimizer state (None: fresh) and the step to resume at."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None = None
+    step: int = 0
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, with_optimizer: bool = True) -> StartState:
+        ck = storage.load_checkpoint(path)
+        return cls(ck["model"], ck["optimizer"] if with_optimizer else None, ck["step"])
+
+
+@dataclass
+class RunSpec:
+    """One run to train: its settings, folder, model (any module of the configured architecture),
+    optional fixed mask or gradual pruner, start state, and extra fields for config.json."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    model: nn.Module
+    mask: Mask | None = None
+    start: StartState | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    pruner: Pruner | None = None
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished run (also written to result.json)."""
+
+    steps: int
+    test_accuracy: float
+    test_loss: float
+    best_val_step: int | None
+    best_val_loss: float | None
+    test_accuracy_at_best_val: float | None
+    density: float
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainResult:
+        names = set(cls.__dataclass_fields__) - {"extra"}
+        return cls(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})
+
+
+@dataclass
+class Best:
+    """The evaluation with the lowest validation loss so far: its step and test accuracy there."""
+
+    step: int | None = None
+    val_loss: float | None = None
+    test_accuracy: float | None = None
+
+    def offer(self, step: int, val_loss: float, test_accuracy: float) -> None:
+        if self.val_loss is None or val_loss < self.val_loss:
+            self.step, self.val_loss, self.test_accuracy = step, val_loss, test_accuracy
+
+
+@dataclass
+class Tally:
+    """Training loss summed since the last evaluation, and the run's seconds of training so far."""
+
+    loss_sum: float = 0.0
+    count: int = 0
+    seconds: float = 0.0
+
+
+class Run:
+    """A run's settings and folder, and everything it writes there; the engine does the training."""
+
+    def __init__(self, spec: RunSpec, data: Splits, device: torch.device):
+        self.spec, self.cfg, self.dir = spec, spec.cfg, Path(spec.run_dir)
+        check_fast_path(self.cfg, device)
+        self.record, self.pruner = spec.record, spec.pruner
+        self.stream = BatchStream(
+            data.train_x,
+            data.train_y,
+            self.cfg.batch_size,
+            self.cfg.data_seed,
+            augment=data.augment,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
+        self.per_epoch = self.stream.steps_per_epoch
+        self.total = self.cfg.total_steps(self.per_epoch)
+        self.eval_every = self.cfg.eval_every or self.per_epoch
+        self.ckpt_every = self.cfg.checkpoint_every or self.per_epoch
+        self.save_at = set(self.cfg.save_at)
+        late = sorted(s for s in self.save_at if s > self.total)
+        if late:
+            raise ConfigError(
+                f"checkpoint steps {late} lie beyond the end of training ({self.total} steps)"
+            )
+        self.model = place(spec.model, self.cfg, device)
+        self.mask = spec.mask.to(device) if spec.mask is not None else None
+        if self.mask is not None:
+            self.mask.check_fits(self.model)
+        self.data_description = data.describe()
+        self.device = device
+        self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content
+        self.fingerprint = self.identity.fingerprint
+        check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
+        self.best, self.tally = Best(), Tally()
+        self.metrics = self.dir / layout.METRICS
+        track = self.cfg.tensorboard and distributed.is_main()
+        self.tracker = TensorBoardTracker(self.dir) if track else None
+        self.last = layout.checkpoint_dir(self.dir) / layout.LAST
+
+    # -- records -------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        return distributed.from_main((self.dir / layout.RESULT).exists())
+
+    def stored_result(self) -> TrainResult:
+        """A finished run's result (a folder made with other settings is refused)."""
+        self.write_config()
+        return TrainResult.from_dict(storage.read_json(self.dir / layout.RESULT))
+
+    def write_config(self) -> None:
+        """config.json, once; a folder holding another run is refused, naming what differs."""
+        path = self.dir / layout.CONFIG
+        if path.exists():
+            check_identity(self.dir, self.identity)
+            return
+        if not distributed.is_main():
+            return
+        storage.write_json(
+            {
+                "config": self.cfg.to_dict(),
+                "total_steps": self.total,
+                "steps_per_epoch": self.per_epoch,
+                "data": self.data_description,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "device": str(self.device),
+                "world_size": distributed.world_size(),
+                "threads": torch.get_num_threads(),
+                "fingerprint": self.fingerprint,
+                "mask_digest": self.identity.mask_digest,
+                **self.record,
+                **storage.provenance(),
+            },
+            path,
+        )
+
+    def open(self) -> dict[str, Any] | None:
+        """Create the folder and config.json; return the resume checkpoint if there is one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.write_config()
+        if not distributed.from_main(self.last.exists()):
+            if distributed.is_main():
+                storage.write_jsonl([], self.metrics)
+            return None
+        ck = storage.load_checkpoint(self.last, map_location=self.device)
+        if ck.get("fingerprint") != self.fingerprint:
+            raise storage.CheckpointError(
+                f"{self.last} belongs to a run with another configuration; "
+                "use a new --out directory or delete the old one"
+            )
+        self.best, self.tally = Best(**ck["best"]), Tally(**ck["tally"])
+        if ck["mask"] is not None:
+            self.mask = Mask({n: t.to(self.device) for n, t in ck["mask"].items()})
+        if self.pruner is not None and ck["pruner"] is not None:
+            self.pruner.load_state_dict(ck["pruner"])
+        torch.set_rng_state(ck["rng"])
+        if distributed.is_main():
+            storage.write_jsonl(
+                [r for r in storage.read_jsonl(self.metrics) if r["step"] <= ck["step"]],
+                self.metrics,
+            )
+        return ck
+
+    def density(self) -> float:
+        return self.mask.density() if self.mask is not None else 1.0
+
+    def log(
+        self, step: int, lr: float, val: tuple[float, float], test: tuple[float, float]
+    ) -> dict:
+        """Record one evaluation (val and test (loss, accuracy)) in metrics.jsonl; track the best."""
+        (val_loss, val_acc), (test_loss, test_acc) = val, test
+        if self.data_description["val_size"]:
+            self.best.offer(step, val_loss, test_acc)
+        t = self.tally
+        rec = {
+            "step": step,
+            "epoch": step / self.per_epoch,
+            "lr": lr,
+            "train_loss": t.loss_sum / t.count if t.count else None,
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "test_loss": test_loss,
+            "test_accuracy": test_acc,
+            "density": self.density(),
+        }
+        t.loss_sum, t.count = 0.0, 0
+        self.last_test = (test_loss, test_acc)
+        if distributed.is_main():
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if self.tracker is not None:
+            density = self.mask.layer_density() if self.mask is not None else None
+            self.tracker.log(step, evaluation_scalars(rec, density))
+        return rec
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def eval_due(self, done: int) -> bool:
+        return done % self.eval_every == 0 or done == self.total
+
+    def checkpoint_due(self, done: int) -> bool:
+        return done % self.ckpt_every == 0 or done in self.save_at
+
+    def state(self, step: int, model: dict, optimizer: dict, scheduler: dict) -> dict[str, Any]:
+        """Everything a checkpoint holds, given the engine's model/optimizer/scheduler states."""
+        return {
+            "step": step,
+            "model": model,
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "mask": self.mask.state() if self.mask is not None else None,
+            "pruner": self.pruner.state_dict() if self.pruner is not None else None,
+            "rng": torch.get_rng_state(),
+            "best": asdict(self.best),
+            "tally": asdict(self.tally),
+            "fingerprint": self.fingerprint,
+        }
+
+    def checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """Keep a named checkpoint at --save-at steps and refresh last.pt (the resume point)."""
+        if not distributed.is_main():
+            return
+        if step in self.save_at:
+            storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
+        if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
+            storage.save_checkpoint(state, self.last)
+
+    def complete(self, state: dict[str, Any]) -> TrainResult:
+        """Write final.pt and result.json, and drop the resume checkpoint."""
+        loss, acc = self.last_test  # the engine always evaluates at the final step
+        b = self.best
+        result = TrainResult(
+            steps=self.total,
+            test_accuracy=acc,
+            test_loss=loss,
+            best_val_step=b.step,
+            best_val_loss=b.val_loss,
+            test_accuracy_at_best_val=b.test_accuracy,
+            density=self.density(),
+            seconds=self.tally.seconds,
+        )
+        if distributed.is_main():
+            storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
+            storage.write_json(result.to_dict(), self.dir / layout.RESULT)
+            self.last.unlink(missing_ok=True)
+        if self.tracker is not None:
+            self.tracker.close()
+        distributed.barrier(f"waiting for rank 0 to write {self.dir / layout.RESULT}")
+        return result
