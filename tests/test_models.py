@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from lottery.core.device import has_batchnorm
 from lottery.models.registry import (
     INITS,
     UnknownModelError,
@@ -13,7 +14,6 @@ from lottery.models.registry import (
     conv_weight_names,
     count_parameters,
     default_init,
-    has_batchnorm,
     list_models,
     output_layer_name,
     prunable_names,
