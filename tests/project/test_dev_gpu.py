@@ -17,9 +17,9 @@ import torch
 from experiments.benchmarks.bench_disk import round_bytes
 from lottery.datasets import load_dataset
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
-from tests.test_datasets import patch_files
+from tests.datasets.test_datasets import patch_files
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 FILES = (
     "train-images-idx3-ubyte.gz",
     "train-labels-idx1-ubyte.gz",
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import lottery
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_environment_of_the_run():
@@ -220,7 +220,7 @@ def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows the failure on a machine without one")
 def test_require_cuda_turns_a_cuda_skip_into_a_failure():
-    node = "tests/test_stream.py::test_batch_stream_same_batches_on_cuda"
+    node = "tests/core/test_batches.py::test_batch_stream_same_batches_on_cuda"
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", node]
     env = {k: v for k, v in os.environ.items() if k != "LOTTERY_REQUIRE_CUDA"}
     env["PYTHONPATH"] = str(REPO)

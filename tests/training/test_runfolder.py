@@ -26,9 +26,9 @@ from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
 from lottery.pruning.masks import Mask, MaskError, load_sparse, prune
 from lottery.training.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
-from tests.test_datasets import fake_cifar_dir
+from tests.datasets.test_datasets import fake_cifar_dir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FM = ["--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",
       "--test-limit", "200", "--batch-size", "60", "--device", "cpu", "--no-progress"]  # fmt: skip
 IS_ROOT = os.geteuid() == 0

@@ -1,6 +1,6 @@
 """Data-parallel runs under torchrun: 2 CPU ranks with gloo match one process; a lost rank fails fast.
 
-Run as `torchrun ... -m tests.test_distributed CONFIG_JSON OUT`, this module is also the worker that
+Run as `torchrun ... -m tests.core.test_distributed CONFIG_JSON OUT`, this module is also the worker that
 trains under a mask and a gradual pruner and dumps each rank's final weights and mask.
 """
 
@@ -28,7 +28,7 @@ from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 TRAIN_FLAGS = ["--model", "lenet_32", "--dataset", "synthetic", "--batch-size", "32",
                "--optimizer", "sgd", "--lr", "0.05", "--device", "cpu", "--no-progress"]  # fmt: skip
@@ -99,7 +99,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     cfg = TrainConfig(model="lenet_32", dataset="synthetic", steps=40, batch_size=32,
                       optimizer="sgd", lr=0.05, momentum=0.9, eval_every=20,
                       checkpoint_every=20, device="cpu")  # fmt: skip
-    torchrun(["-m", "tests.test_distributed", json.dumps(cfg.to_dict()), str(tmp_path / "ddp")])
+    torchrun(["-m", "tests.core.test_distributed", json.dumps(cfg.to_dict()), str(tmp_path / "ddp")])
     train_and_dump(cfg, tmp_path / "one")
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     one = torch.load(tmp_path / "one" / "rank0.pt")

@@ -20,7 +20,7 @@ from lottery.cli.main import main
 from lottery.core import layout
 from lottery.pruning.masks import Mask, load_sparse
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARGS = ["imp", "--dataset", "fashion_mnist", "--train-limit", "600", "--val-size", "100",
         "--test-limit", "200", "--batch-size", "60", "--steps", "400", "--checkpoint-every", "5",
         "--eval-every", "10", "--rounds", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
