@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 SEED_FIELDS = ("init_seed", "data_seed")
-METRICS = ("test_acc_pct", "test_acc_best_val_pct", "percent_remaining")
+METRICS = ("test_acc_pct", "test_acc_best_val_pct", "best_val_step", "percent_remaining")
 STAT_COLUMNS = ("n", "mean", "std", "ci95_low", "ci95_high")
 
 
@@ -120,6 +120,7 @@ def _run_records(path: Path) -> list[dict]:
             "network": "run",
             "test_acc_pct": 100 * result["test_accuracy"],
             "test_acc_best_val_pct": 100 * (result["test_accuracy_at_best_val"] or math.nan),
+            "best_val_step": result["best_val_step"],
             "percent_remaining": last["percent_remaining"],
         }
     ]

@@ -306,7 +306,7 @@ def group_section(folder: Path) -> Section:
             title=f"Test accuracy over {n} seeds",
         )
     text = f"## {n} seeds of one {agg.kind} `{folder}` ({', '.join(agg.members)})\n\n"
-    text += "Cells: mean ± sample std [95% Student-t interval] over seeds, in %.\n\n"
+    text += "Cells: mean ± sample std [95% Student-t interval] over seeds.\n\n"
     for metric, what in plots.ACCURACY.items():
         text += f"{what[0].upper()}{what[1:]}:\n\n{group_markdown(agg, metric)}\n\n"
     if agg.overlap_pairs:

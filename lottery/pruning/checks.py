@@ -8,7 +8,7 @@ import math
 from torch import nn
 
 from lottery.core.config import ConfigError
-from lottery.models.registry import prunable_names
+from lottery.models.registry import output_layer_name, prunable_names
 
 
 def check_rate_scale(
@@ -29,3 +29,20 @@ def check_rate_scale(
                 f"{flag}: multiplier {m} for {name!r} must be >= 0 and {top} "
                 f"(the scaled rate {m} x {rate:g} must stay in [0, 1))"
             )
+
+
+def keep_classes(
+    rate_scale: dict[str, float], model: nn.Module, granularity: str, flag: str = "--rate-scale"
+) -> dict[str, float]:
+    """`rate_scale` with the output layer left unpruned under filter granularity: its rows are
+    the classes, and a pruned row would remove a class from the network. A nonzero rate asked for
+    it under filter granularity is refused."""
+    out = output_layer_name(model)
+    if granularity != "filter" or out not in prunable_names(model):
+        return rate_scale
+    if rate_scale.get(out, 0.0) != 0.0:
+        raise ConfigError(
+            f"{flag}: filter pruning of the output layer {out!r} would remove classes "
+            "(its rows are the classes); give it 0 or leave it out"
+        )
+    return {**rate_scale, out: 0.0}

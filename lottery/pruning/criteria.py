@@ -39,6 +39,7 @@ class Context:
     score_batches: int = 1  # how many batches gradient criteria draw
     input_shape: tuple[int, ...] | None = None  # one example's shape (SynFlow's all-ones input)
     movement: dict[str, torch.Tensor] | None = None  # −Σ_t g_t·w_t accumulated during training
+    scope: str = "global"  # the prune's scope: SynFlow iterates within it
 
     @property
     def start(self) -> dict[str, torch.Tensor] | None:
@@ -114,13 +115,51 @@ def small_init(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     return {n: -wi.abs() for n, wi, _ in _pairs(ctx)}
 
 
+def _percentiles(values: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    """Each entry's rank within its tensor as a fraction in [0, 1), pruned entries lowest and
+    ties in order of position: the per-layer percentile of Zhou et al.'s released code."""
+    flat = values.reshape(-1).double()
+    if alive is not None:
+        flat = flat.masked_fill(~alive.reshape(-1).to(flat.device), -torch.inf)
+    ranks = torch.empty_like(flat)
+    ranks[torch.argsort(flat, stable=True)] = torch.arange(
+        flat.numel(), dtype=flat.dtype, device=flat.device
+    )
+    return (ranks / flat.numel()).view(values.shape)
+
+
+def _both_pass(ctx: Context, sign: float) -> Scores:
+    """min of the per-layer percentiles of sign·|w_i| and sign·|w_f|: keeping the top k of it
+    keeps the weights that pass one common percentile in both, the percentile chosen so that
+    exactly k pass (ties at it in order of position)."""
+    alive = ctx.mask.tensors if ctx.mask is not None else {}
+    return {
+        n: torch.minimum(
+            _percentiles(sign * wi.abs(), alive.get(n)), _percentiles(sign * wf.abs(), alive.get(n))
+        )
+        for n, wi, wf in _pairs(ctx)
+    }
+
+
 def large_init_large_final(ctx: Context, gen: torch.Generator | None = None) -> Scores:
-    """min(|w_i|, |w_f|) (Zhou et al. 2019)."""
-    return {n: torch.minimum(wi.abs(), wf.abs()) for n, wi, wf in _pairs(ctx)}
+    """Keep a weight when both |w_i| and |w_f| pass one common per-layer percentile, as in Zhou
+    et al.'s (2019) released code (under global scope the percentile is common to all layers)."""
+    return _both_pass(ctx, 1.0)
 
 
 def small_init_small_final(ctx: Context, gen: torch.Generator | None = None) -> Scores:
-    """−max(|w_i|, |w_f|) (Zhou et al. 2019)."""
+    """Keep a weight when both −|w_i| and −|w_f| pass one common per-layer percentile (Zhou et
+    al. 2019, released code)."""
+    return _both_pass(ctx, -1.0)
+
+
+def large_init_large_final_min(ctx: Context, gen: torch.Generator | None = None) -> Scores:
+    """min(|w_i|, |w_f|): the magnitudes compared directly rather than their percentiles."""
+    return {n: torch.minimum(wi.abs(), wf.abs()) for n, wi, wf in _pairs(ctx)}
+
+
+def small_init_small_final_max(ctx: Context, gen: torch.Generator | None = None) -> Scores:
+    """−max(|w_i|, |w_f|): the magnitudes compared directly rather than their percentiles."""
     return {n: -torch.maximum(wi.abs(), wf.abs()) for n, wi, wf in _pairs(ctx)}
 
 
@@ -239,11 +278,13 @@ def synflow_scores(
 
 def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     """Iterative SynFlow (Tanaka et al., NeurIPS 2020): re-score the masked network 100 times,
-    pruning globally to density d^(k/100) at iteration k (d = the target density).
+    pruning to density d^(k/100) at iteration k (d = the target density) within `ctx.scope`:
+    one global threshold, or, with scope 'layer', each layer to that density on its own (the
+    paper's layer-wise variant, re-scored every iteration).
 
     Scores rank weights by the iteration that removed them (survivors highest; within one
-    iteration by their last SynFlow score), so the engine's global exact-count prune at the
-    target sparsity reproduces the iterated mask exactly.
+    iteration by their last SynFlow score), so the engine's exact-count prune at the target
+    sparsity in the same scope reproduces the iterated mask exactly.
     """
     assert ctx.model is not None and ctx.input_shape is not None and ctx.sparsity is not None
     names = list(ctx.weights)
@@ -261,7 +302,7 @@ def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
         target = (
             ctx.sparsity if k == SYNFLOW_ITERATIONS else 1.0 - density ** (k / SYNFLOW_ITERATIONS)
         )
-        new = prune(mask, s, sparsity=target, scope="global")
+        new = prune(mask, s, sparsity=target, scope=ctx.scope)
         for n in names:  # torch.where, not boolean indexing: one pass per tensor
             alive = mask.tensors[n]
             removed[n] = torch.where(alive & ~new.tensors[n], k, removed[n])
@@ -290,6 +331,8 @@ CRITERIA: dict[str, Criterion] = {
     "small_init": Criterion(small_init, ("start",)),
     "large_init_large_final": Criterion(large_init_large_final, ("start",)),
     "small_init_small_final": Criterion(small_init_small_final, ("start",)),
+    "large_init_large_final_min": Criterion(large_init_large_final_min, ("start",)),
+    "small_init_small_final_max": Criterion(small_init_small_final_max, ("start",)),
     "magnitude_increase": Criterion(magnitude_increase, ("start",)),
     "movement": Criterion(movement, ("start",)),
     "snip": Criterion(snip, ("model", "batches")),

@@ -247,7 +247,7 @@ def nm_keep(name: str, scores: torch.Tensor, keep: torch.Tensor, n: int, m: int)
             f"{name!r} (shape {tuple(scores.shape)}) has an input dimension that is not a "
             f"multiple of {m}, so {n}:{m} cannot apply; leave it out with a rate scale of 0"
         )
-    s = _nm_groups(scores.float().masked_fill(~keep, -math.inf), m)
+    s = _nm_groups(ranked(scores).masked_fill(~keep, -math.inf), m)
     order = torch.sort(s, dim=1, descending=True, stable=True).indices[:, :n]
     top = torch.zeros_like(s, dtype=torch.bool).scatter_(1, order, True)
     return _nm_ungroup(top, scores.shape) & keep
@@ -267,7 +267,7 @@ def unit_scores(
         if s.dim() < 2:
             raise MaskError(f"structured pruning needs a 2-D or larger tensor, {n!r} is 1-D")
         moved = s.movedim(dim, 0).reshape(s.shape[dim], -1)
-        out[n] = torch.linalg.vector_norm(moved.float(), ord=norm, dim=1)
+        out[n] = torch.linalg.vector_norm(ranked(moved), ord=norm, dim=1)
     return out
 
 
@@ -286,6 +286,22 @@ def _unit_keep(mask: torch.Tensor, granularity: str) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------
 # Exact-count selection.
+
+
+def common_dtype(scores: Iterable[torch.Tensor]) -> torch.dtype:
+    """The floating dtype in which to rank several score tensors together: float32 promoted with
+    each floating tensor's own dtype, so float64 scores (SynFlow's span hundreds of orders of
+    magnitude in deep nets) are never rounded, or overflowed to inf, before they are compared."""
+    dtype = torch.float32
+    for s in scores:
+        if s.is_floating_point():
+            dtype = torch.promote_types(dtype, s.dtype)
+    return dtype
+
+
+def ranked(scores: torch.Tensor) -> torch.Tensor:
+    """`scores` in the dtype they are ranked in (see `common_dtype`)."""
+    return scores.to(common_dtype([scores]))
 
 
 def _kth_smallest(flats: list[torch.Tensor], k: int) -> float:
@@ -323,9 +339,10 @@ def _select(
     entries tied at the threshold are pruned in order of position (tensor order, then flat index).
     """
     names = list(scores)
+    dtype = common_dtype(scores.values())
     flats = []
     for name in names:
-        f = scores[name].reshape(-1).float()
+        f = scores[name].reshape(-1).to(dtype)
         k = keep[name].reshape(-1)
         flats.append(f if bool(k.all()) else f.masked_fill(~k, -math.inf))
     n = sum(f.numel() for f in flats)

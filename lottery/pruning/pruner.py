@@ -120,6 +120,7 @@ class GradualPruner:
             batches=self.batches,
             input_shape=self.input_shape,
             movement=self.movement,
+            scope=self.scope,
         )
         scores = score(self.criterion, ctx, seed=self.seed + step)
         new = prune(

@@ -33,6 +33,7 @@ from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.core.storage import provenance, read_json, write_json
 from lottery.datasets import Splits
+from lottery.pruning.checks import keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
     SCOPES,
@@ -120,6 +121,8 @@ def run_at_init(
     outs = [out] if seeds is None else [layout.seed_dir(out, s) for s in seeds]
     data = load_data(cfg)
     model = make_model(cfg, data)
+    rate_scale = keep_classes(settings.rate_scale, model, settings.granularity)
+    settings = dataclasses.replace(settings, rate_scale=rate_scale)
     prune(
         Mask.ones(model),
         {n: p.detach().abs() for n, p in model.named_parameters()},
@@ -236,6 +239,7 @@ def criterion_scores(
         batches=training_batches(data.train_x, data.train_y, cfg.batch_size, cfg.data_seed),
         score_batches=settings.score_batches,
         input_shape=data.input_shape,
+        scope=settings.scope,
     )
     return score(settings.criterion, ctx, seed=cfg.init_seed)
 

@@ -27,6 +27,7 @@ from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets import Splits
 from lottery.models.registry import output_layer_name
+from lottery.pruning.checks import keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
     SCOPES,
@@ -98,12 +99,15 @@ def one_shot_mask(
     mask = Mask.ones(model)
     params = dict(model.named_parameters())
     weights = {n: params[n].detach() for n in mask.names()}
-    ctx = Context(weights, model=model, sparsity=sparsity)
+    ctx = Context(weights, model=model, sparsity=sparsity, scope=method.scope)
     if context is not None:
-        ctx = dataclasses.replace(context, weights=weights, model=model, sparsity=sparsity)
+        ctx = dataclasses.replace(
+            context, weights=weights, model=model, sparsity=sparsity, scope=method.scope
+        )
     scores = score(method.criterion, ctx, seed=seed)
     out = output_layer_name(model)
-    rate_scale = {out: 0.0} if out in mask.tensors and not prune_output else None
+    rate_scale = {out: 0.0} if out in mask.tensors and not prune_output else {}
+    rate_scale = keep_classes(rate_scale, model, method.granularity)
     return prune(
         mask,
         scores,
@@ -240,6 +244,17 @@ def trained_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, torch.Tenso
     raise ConfigError(f"{run} has no final weights (checkpoints/final.pt or weights.npz)")
 
 
+def check_methods(names: list[str], norm: float = 2.0, prune_output: bool = False) -> None:
+    """Refuse an unknown method, or one that would prune the output layer's rows (its classes),
+    before any work."""
+    for name in names:
+        if resolve_method(name, norm).granularity == "filter" and prune_output:
+            raise ConfigError(
+                f"--prune-output with {name!r}: filter pruning of the output layer would remove "
+                "classes (its rows are the classes)"
+            )
+
+
 def run_curve(
     cfg: TrainConfig,
     out: str | Path,
@@ -259,8 +274,7 @@ def run_curve(
     dense network trained with `cfg` in out/dense.
     """
     out = Path(out)
-    for name in [*(names or []), size_method]:  # refuse unknown methods before any work
-        resolve_method(name, norm)
+    check_methods([*(names or []), size_method], norm, prune_output)
     if source is None:
         source = out / "dense"
         train_dense(cfg, [], source, progress=progress)

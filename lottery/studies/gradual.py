@@ -21,7 +21,7 @@ from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint
 from lottery.datasets import Splits
 from lottery.models.registry import conv_weight_names
-from lottery.pruning.checks import check_rate_scale
+from lottery.pruning.checks import check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import GradualPruner, run_length
@@ -76,7 +76,8 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
     top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
     check_rate_scale(settings.rate_scale, model, top)
     mask, layers = None, {}
-    if settings.layers == "conv":
+    rate_scale = keep_classes(settings.rate_scale, model, settings.granularity)
+    if settings.layers == "conv":  # the output layer is not pruned at all
         names = conv_weight_names(model)
         if not names:
             raise ConfigError(f"layers='conv': {run.cfg.model} has no convolution weights")
@@ -84,6 +85,7 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
         if outside:
             raise ConfigError(f"layers='conv' leaves {outside[0]!r} dense; drop its rate scale")
         mask, layers = Mask.ones(model, names), {"layers": "conv"}
+        rate_scale = settings.rate_scale
     total, per_epoch = run_length(run.cfg, data)
     pruner = GradualPruner(
         run.schedule,
@@ -93,7 +95,7 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
         scope=settings.scope,
         granularity=settings.granularity,
         criterion=settings.criterion,
-        rate_scale=settings.rate_scale,
+        rate_scale=rate_scale,
         seed=settings.seed,
         log_path=Path(run.out) / layout.PRUNING_LOG,
         batches=training_batches(data.train_x, data.train_y, run.cfg.batch_size, settings.seed),

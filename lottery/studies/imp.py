@@ -27,7 +27,7 @@ from lottery.core.device import resolve_device
 from lottery.core.storage import provenance, read_json, write_json
 from lottery.datasets import Splits
 from lottery.models.registry import output_layer_name, prunable_names
-from lottery.pruning.checks import check_rate_scale
+from lottery.pruning.checks import check_rate_scale, keep_classes
 from lottery.pruning.criteria import CRITERIA, Context, check, score, training_batches
 from lottery.pruning.masks import (
     Mask,
@@ -144,11 +144,17 @@ def imp_defaults(model_name: str, model) -> dict[str, Any]:
 
 def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
     d = imp_defaults(model_name, model)
+    if imp.rate_scale is None:  # the paper's output-layer rate gives way to keeping every class
+        d["rate_scale"] = {**d["rate_scale"], **keep_classes({}, model, imp.granularity)}
     return dataclasses.replace(
         imp,
         fraction=imp.fraction if imp.fraction is not None else d["fraction"],
         scope=imp.scope or d["scope"],
-        rate_scale=imp.rate_scale if imp.rate_scale is not None else d["rate_scale"],
+        rate_scale=keep_classes(
+            imp.rate_scale if imp.rate_scale is not None else d["rate_scale"],
+            model,
+            imp.granularity,
+        ),
     )
 
 
@@ -437,6 +443,7 @@ def _criterion_context(
         sparsity=1.0 - mask.density() * (1.0 - imp.fraction),
         batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
         input_shape=data.input_shape,
+        scope=imp.scope,
     )
 
 

@@ -42,6 +42,20 @@ def direct(out, network: str, r: int, key: str) -> list[float]:
     return values
 
 
+def markdown_table(md: str, heading: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first table after the line starting `heading`."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    body = []
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            body.append([c.strip() for c in line.strip("|").split("|")])
+        elif body:
+            break
+    assert len(body) > 2, f"{heading}: empty table"
+    return body[2:] if set(body[1][0]) <= {"-"} else body[1:]
+
+
 def test_summarize_matches_scipy():
     x = [91.2, 90.4, 92.9, 89.7]
     got = summarize(x)
@@ -96,6 +110,16 @@ def test_report_of_seeds_writes_tables_and_band_figure(seeds, tmp_path, capsys):
     cell = f"{np.mean(x):.2f} ± {np.std(x, ddof=1):.2f} [{low:.2f}, {high:.2f}]"
     md = (out / "report.md").read_text()
     assert cell in md and "chance Jaccard" in md
+    for heading, key in (("Test accuracy, end of training", "test_accuracy"),
+                         ("Test accuracy at min. validation loss", "test_accuracy_at_best_val"),
+                         ("Early-stopping step", "best_val_step")):  # fmt: skip
+        rows = markdown_table(md, heading)
+        assert [row[0] for row in rows] == ["0", "1", "2"], heading
+        for r, row in enumerate(rows):
+            x = np.array(direct(seeds, "ticket", r, key)) / (100 if key == "best_val_step" else 1)
+            assert row[2].startswith(f"{np.mean(x):.2f} ± {np.std(x, ddof=1):.2f}"), (heading, row)
+            remaining = np.array(direct(seeds, "ticket", r, "percent_remaining")) / 100
+            assert row[1] == f"{np.mean(remaining):.2f}"
     data = json.loads((out / "seeds_aggregate.json").read_text())
     assert data["members"] == ["seed_0", "seed_1", "seed_2"]
     assert str(out / "report.md") in capsys.readouterr().out

@@ -99,7 +99,9 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     cfg = TrainConfig(model="lenet_32", dataset="synthetic", steps=40, batch_size=32,
                       optimizer="sgd", lr=0.05, momentum=0.9, eval_every=20,
                       checkpoint_every=20, device="cpu")  # fmt: skip
-    torchrun(["-m", "tests.core.test_distributed", json.dumps(cfg.to_dict()), str(tmp_path / "ddp")])
+    torchrun(
+        ["-m", "tests.core.test_distributed", json.dumps(cfg.to_dict()), str(tmp_path / "ddp")]
+    )
     train_and_dump(cfg, tmp_path / "one")
     r0, r1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     one = torch.load(tmp_path / "one" / "rank0.pt")

@@ -3,6 +3,7 @@ Hg by finite differences, SynFlow's closed form; exact counts, nesting and seeds
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,8 +67,8 @@ def test_zhou_criteria_match_their_formulas_on_known_weights():
         "small_final": [[-3.0, -1.0, -0.4], [-0.2, -3.5, -1.0]],
         "large_init": [[1.0, 2.0, 0.5], [0.1, 3.0, 1.5]],
         "small_init": [[-1.0, -2.0, -0.5], [-0.1, -3.0, -1.5]],
-        "large_init_large_final": [[1.0, 1.0, 0.4], [0.1, 3.0, 1.0]],
-        "small_init_small_final": [[-3.0, -2.0, -0.5], [-0.2, -3.5, -1.5]],
+        "large_init_large_final_min": [[1.0, 1.0, 0.4], [0.1, 3.0, 1.0]],
+        "small_init_small_final_max": [[-3.0, -2.0, -0.5], [-0.2, -3.5, -1.5]],
         "magnitude_increase": [[2.0, -1.0, -0.1], [0.1, 0.5, -0.5]],
         "movement": [[4.0, 3.0, 0.1], [0.3, 6.5, 0.5]],
     }
@@ -76,6 +77,78 @@ def test_zhou_criteria_match_their_formulas_on_known_weights():
     # the rewind weights, where they exist, are w_i
     rewound = Context({"w": wf}, initial={"w": wi}, rewind={"w": wf})
     assert torch.equal(score("movement", rewound)["w"], torch.zeros_like(wf))
+
+
+def common_percentile_masks(wi: np.ndarray, wf: np.ndarray, alive: np.ndarray) -> list:
+    """Zhou et al.'s released rule, computed directly: for every common cut c, keep the weights
+    whose rank of |w_i| and rank of |w_f| (pruned weights ranked lowest) are both >= c."""
+
+    def ranks(v):
+        v = np.where(alive, v, -np.inf).ravel()
+        r = np.empty(v.size, dtype=np.int64)
+        r[np.argsort(v, kind="stable")] = np.arange(v.size)
+        return r
+
+    ri, rf = ranks(wi), ranks(wf)
+    return [((ri >= c) & (rf >= c)).reshape(wi.shape) for c in range(wi.size + 1)]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_init_and_final_criteria_keep_what_passes_one_common_percentile_in_both(sign):
+    """large_init_large_final (sign +1) and small_init_small_final (−1) as in Zhou et al.'s code:
+    every count the common-percentile rule reaches is kept exactly, other counts lie between the
+    masks of the two neighbouring percentiles; nesting holds on a pruned layer."""
+    name = "large_init_large_final" if sign > 0 else "small_init_small_final"
+    g = torch.Generator().manual_seed(4)
+    wi, wf = (
+        torch.randn(30, 40, generator=g, dtype=torch.float64),
+        torch.randn(30, 40, generator=g, dtype=torch.float64),
+    )
+    alive = torch.rand(30, 40, generator=g) > 0.3
+    ctx = Context({"w": wf * alive}, initial={"w": wi}, mask=Mask({"w": alive}))
+    cuts = common_percentile_masks(
+        sign * wi.abs().numpy(), sign * (wf * alive).abs().numpy(), alive.numpy()
+    )
+    counts = [int(m.sum()) for m in cuts]
+    exact = 0
+    for kept in range(int(alive.sum()), 0, -37):
+        mask = prune(ctx.mask, score(name, ctx), sparsity=1 - kept / wi.numel())
+        got = mask.tensors["w"].numpy()
+        assert int(got.sum()) == kept and not (got & ~alive.numpy()).any()
+        c = max(c for c, n in enumerate(counts) if n >= kept)
+        assert (got <= cuts[c]).all() and (cuts[c + 1] <= got).all()
+        if counts[c] == kept:
+            exact += 1
+            assert np.array_equal(got, cuts[c])
+    assert exact >= 5
+    # the min/max forms compare the magnitudes, not their percentiles, and keep other weights
+    direct = "large_init_large_final_min" if sign > 0 else "small_init_small_final_max"
+    a = prune(ctx.mask, score(name, ctx), sparsity=0.8).tensors["w"]
+    b = prune(ctx.mask, score(direct, ctx), sparsity=0.8).tensors["w"]
+    assert not torch.equal(a, b)
+
+
+def test_grasp_at_its_temperature_matches_a_closed_form_hessian_gradient_product():
+    """At GraSP's default T = 200, Hg of the mean cross-entropy of logits / T against the exact
+    Hessian of a softmax-linear model in float64: with p = softmax(Wx/T), the gradient is
+    (p - onehot(y)) xᵀ / (T B) and the Hessian block is (diag(p) - ppᵀ) ⊗ x xᵀ / (T² B)."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(9, 6, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (9,), generator=g)
+    t, b = GRASP_TEMPERATURE, len(x)
+    p = torch.softmax(x @ w.T / t, dim=1)
+    grad = (p - F.one_hot(y, 4).double()).T @ x / (t * b)
+    hg = torch.zeros_like(w)
+    for i in range(b):  # H g summed example by example: (diag p - p pᵀ) G x xᵀ / (T² B)
+        jac = torch.diag(p[i]) - torch.outer(p[i], p[i])
+        hg += jac @ grad @ torch.outer(x[i], x[i]) / (t * t * b)
+    model = nn.Sequential(nn.Linear(6, 4, bias=False)).double()
+    batches = lambda n: iter([(x, y)] * n)  # noqa: E731
+    got = hessian_gradient(model, {"0.weight": w}, batches(1), temperature=t)["0.weight"]
+    torch.testing.assert_close(got, hg, rtol=1e-10, atol=0)
+    ctx = Context({"0.weight": w}, model=model, batches=batches)
+    torch.testing.assert_close(score("grasp", ctx)["0.weight"], w * hg, rtol=1e-10, atol=0)
 
 
 def test_snip_equals_gradient_times_weight_computed_by_hand():
