@@ -22,10 +22,11 @@ import math
 import time
 from pathlib import Path
 
+from lottery.analysis.records import at_init_accuracy, mean_std
 from lottery.core.config import TrainConfig
 from lottery.core.storage import write_json
 from lottery.pruning.pruner import run_length
-from lottery.studies.at_init import CONTROLS, PRUNED, AtInitConfig, accuracy, mean_std, run_at_init
+from lottery.studies.at_init import CONTROLS, PRUNED, AtInitConfig, run_at_init
 from lottery.studies.imp import IMPConfig, run_imp_seeds
 from lottery.training.setup import load_data
 
@@ -95,7 +96,7 @@ def table(model: str, results: dict, sparsities: tuple[float, ...]) -> str:
     for criterion, summaries in results["criteria"].items():
         for run in (PRUNED, *CONTROLS):
             label = criterion if run == PRUNED else f"{criterion} {run}"
-            cells = [mean_std(accuracy(summaries, s, run)) for s in sparsities]
+            cells = [mean_std(at_init_accuracy(summaries, s, run)) for s in sparsities]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = []
     for s in sparsities:
@@ -121,7 +122,7 @@ def figure(all_results: dict, sparsities: tuple[float, ...], path: Path) -> None
             x = [100 * s for s in sparsities]
             for i, (criterion, summaries) in enumerate(results["criteria"].items()):
                 for run, style in ((PRUNED, "-"), ("layer-shuffle", ":")):
-                    ys = [accuracy(summaries, s, run) for s in sparsities]
+                    ys = [at_init_accuracy(summaries, s, run) for s in sparsities]
                     if all(ys):
                         mean = [sum(y) / len(y) for y in ys]
                         label = criterion if run == PRUNED else None

@@ -136,3 +136,58 @@ def aggregates(folder: str | Path) -> pd.DataFrame:
     from lottery.analysis.aggregate import aggregate_folder
 
     return aggregate_folder(folder).table
+
+
+# -- pruning at initialization ------------------------------------------------------------------
+
+AT_INIT_PRUNED = "pruned"  # the run of the criterion's own mask in an at-init summary
+
+
+def at_init_summaries(folder: str | Path) -> list[dict]:
+    """The summary.json of a pruning-at-init study, or of each of its seed_<s>/ studies."""
+    folder = Path(folder)
+    studies = [folder] if (folder / layout.AT_INIT).exists() else layout.seed_dirs(folder)
+    return [
+        read_json(p / layout.SUMMARY)
+        for p in studies
+        if (p / layout.AT_INIT).exists() and (p / layout.SUMMARY).exists()
+    ]
+
+
+def at_init_accuracy(summaries: list[dict], sparsity: float, run: str) -> list[float]:
+    """Test accuracy (%) at the best validation step of `run` at `sparsity`, one per study."""
+    out = []
+    for summary in summaries:
+        for row in summary["sparsities"]:
+            if row["sparsity"] == sparsity:
+                m = row[AT_INIT_PRUNED] if run == AT_INIT_PRUNED else row["controls"].get(run)
+                if m is not None:
+                    acc = m["test_accuracy_at_best_val"]
+                    out.append(100 * (acc if acc is not None else m["test_accuracy"]))
+    return out
+
+
+def mean_std(values: list[float]) -> str:
+    """`mean ± std` over seeds (sample std; 0 for one value), or '-' for none."""
+    import statistics
+
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
+
+
+def at_init_table(summaries: list[dict]) -> str:
+    """Markdown: test accuracy (%) at the best validation step, mean ± std over the studies, a row
+    per sparsity and a column for the criterion's mask and each control."""
+    settings = summaries[0]["settings"]
+    controls = list(settings["controls"])
+    sparsities = sorted({r["sparsity"] for s in summaries for r in s["sparsities"]})
+    lines = [
+        "| sparsity | " + " | ".join([settings["criterion"], *controls]) + " |",
+        "|---" * (len(controls) + 2) + "|",
+    ]
+    for s in sparsities:
+        cells = [mean_std(at_init_accuracy(summaries, s, r)) for r in [AT_INIT_PRUNED, *controls]]
+        lines.append(f"| {100 * s:g}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

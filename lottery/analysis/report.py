@@ -332,6 +332,50 @@ def group_section(folder: Path) -> Section:
     return figures, text.rstrip(), tables
 
 
+def at_init_section(folder: Path) -> Section:
+    """A pruning-at-init study (or its seeds): accuracy per sparsity for the criterion's mask and
+    each control, mean ± std over seeds, with the figure and the per-seed records."""
+    import pandas as pd
+
+    from lottery.analysis.aggregate import summarize
+
+    summaries = records.at_init_summaries(folder)
+    settings = summaries[0]["settings"]
+    runs = [records.AT_INIT_PRUNED, *settings["controls"]]
+    rows = []
+    for seed, summary in enumerate(summaries):
+        for row in summary["sparsities"]:
+            for run in runs:
+                m = row[run] if run == records.AT_INIT_PRUNED else row["controls"].get(run)
+                if m is not None:
+                    rows.append({
+                        "member": seed, "sparsity": row["sparsity"], "network": run,
+                        "percent_remaining": 100 * row["density"],
+                        "test_acc_pct": 100 * m["test_accuracy"],
+                        "test_acc_best_val_pct": records.at_init_accuracy([summary], row["sparsity"], run)[0],
+                        "best_val_step": m["best_val_step"],
+                    })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    stats = []
+    for (run, _), part in frame.groupby(["network", "sparsity"], sort=False):
+        stats.append({
+            "network": run, "metric": "test_acc_best_val_pct",
+            "percent_remaining": float(part["percent_remaining"].mean()),
+            **summarize(list(part["test_acc_best_val_pct"])),
+        })  # fmt: skip
+    n = len(summaries)
+    figure = plots.accuracy_vs_density(
+        stats,
+        metrics=("test_acc_best_val_pct",),
+        title=f"{settings['criterion']} at initialization and its controls ({n} seed(s))",
+    )
+    text = f"## Pruning at initialization `{folder}`: {settings['criterion']}, {n} seed(s)\n\n"
+    text += f"Test accuracy (%) {plots.BEST_VAL}, mean ± sample std over seeds:\n\n"
+    text += records.at_init_table(summaries)
+    tables = {"at_init_records.csv": frame.to_csv(index=False).encode()}
+    return {"at_init_accuracy": figure}, text, tables
+
+
 def _is_group(p: Path) -> bool:
     try:
         members(p)
@@ -345,6 +389,7 @@ SECTIONS: list[tuple[Callable[[Path], bool], Callable[[Path], Section]]] = [
     (lambda p: (p / layout.REWIND_SWEEP).exists(), sweep_section),
     (lambda p: (p / layout.INSTABILITY).exists(), instability_section),
     (lambda p: (p / layout.CURVE).exists(), curve_section),
+    (lambda p: bool(records.at_init_summaries(p)), at_init_section),
     (lambda p: (p / layout.METRICS).exists(), train_section),
     (_is_group, group_section),
 ]
@@ -374,8 +419,8 @@ def write_report(
     if not texts:
         raise ConfigError(
             f"{run} holds no recognisable results (an IMP search, seed_<s>/ folders or a folder "
-            f"of runs of one kind, {layout.REWIND_SWEEP}, {layout.INSTABILITY}, {layout.CURVE} "
-            f"or {layout.METRICS})"
+            f"of runs of one kind, {layout.REWIND_SWEEP}, {layout.INSTABILITY}, {layout.CURVE}, "
+            f"{layout.AT_INIT} or {layout.METRICS})"
         )
     md = out / "report.md"
     write_bytes_atomic(("# Report\n\n" + "\n\n".join(texts) + "\n").encode(), md)

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,11 +162,17 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(f, getattr(self, f.name)))
         for name, value in paper_defaults(self.model).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         if self.steps is None and self.epochs is None:
             self.epochs = DEFAULT_EPOCHS
+        elif self.steps is not None and self.epochs is not None:
+            raise ConfigError(
+                f"give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})"
+            )
         self.milestones = tuple(float(m) for m in self.milestones)
         self.save_at = tuple(sorted({int(s) for s in self.save_at}))
         self.betas = tuple(float(b) for b in self.betas)
@@ -254,6 +261,38 @@ NON_RESULT_FIELDS = (
     "tensorboard",
     "threads",
 )
+
+
+def _typed(f: dataclasses.Field, value: Any) -> Any:
+    """`value` as field `f`'s declared type, so equal settings record (and fingerprint) alike
+    whether they came from the command line or from Python (epochs=2 is epochs=2.0); a value of
+    another kind is refused naming the field."""
+    kinds = [k.strip() for k in str(f.type).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{f.name} must be set, got None")
+    kind = kinds[0]
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind == "float":
+        if not number:
+            raise ConfigError(f"{f.name} must be a number, got {value!r}")
+        return float(value)
+    if kind == "int":
+        if not number or not float(value).is_integer():
+            raise ConfigError(f"{f.name} must be a whole number, got {value!r}")
+        return int(value)
+    if kind == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+    if kind == "str" and not isinstance(value, str):
+        raise ConfigError(f"{f.name} must be a string, got {value!r}")
+    if kind.startswith("tuple"):
+        if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+            raise ConfigError(f"{f.name} must be a list, got {value!r}")
+        return tuple(value)
+    if kind.startswith("dict") and not isinstance(value, dict):
+        raise ConfigError(f"{f.name} must be a mapping, got {value!r}")
+    return value
 
 
 def check_seeds(seeds: Sequence[int]) -> None:

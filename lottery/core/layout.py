@@ -31,6 +31,7 @@ TICKET = "ticket"
 
 # Other studies.
 AT_INIT = "at_init.json"  # a pruning-at-initialization study's settings
+AT_INIT_TABLE = "at_init.md"  # its mean ± std table over seeds
 REWIND_SWEEP = "rewind_sweep.json"
 DENSE = "dense"
 INSTABILITY = "instability.json"

@@ -53,6 +53,10 @@ def run_length(cfg: TrainConfig, data: Splits) -> tuple[int, int]:
     return cfg.total_steps(per_epoch), per_epoch
 
 
+MIN_UPDATES = 5  # fewer mask changes than this turn a smooth schedule into a few one-shot steps
+STEPWISE = ("one-shot", "iterative")  # schedules that change the mask in a few steps by design
+
+
 @dataclass
 class GradualPruner:
     """Extends the mask to `schedule`'s target every `every` steps of a `total_steps` run.
@@ -96,6 +100,27 @@ class GradualPruner:
             raise ConfigError(str(e)) from None
         a, b = self.schedule.window_steps(self.total_steps, self.steps_per_epoch)
         self.update_steps = {0, *range(a, b, self.every), b}
+
+    def warnings(self) -> list[str]:
+        """What makes the schedule other than it looks: a smooth schedule reached in fewer than
+        `MIN_UPDATES` mask changes, or its last change at the last step, leaving no training to
+        recover from it."""
+        changes, last, before = 0, None, self.target(0)
+        for step in sorted(self.update_steps - {0}):
+            if self.target(step) > before:
+                changes, last, before = changes + 1, step, self.target(step)
+        out = []
+        if self.schedule.name not in STEPWISE and 0 < changes < MIN_UPDATES:
+            out.append(
+                f"{self.schedule.name} reaches its final sparsity in only {changes} mask "
+                f"update(s), every {self.every} steps; lower --update-every for a smooth schedule"
+            )
+        if last == self.total_steps:
+            out.append(
+                f"the last mask update is at the final step ({last}): no training follows it to "
+                "recover; end the pruning window earlier (--end)"
+            )
+        return out
 
     def target(self, step: int) -> float:
         """The schedule's target sparsity after `step` optimizer steps."""

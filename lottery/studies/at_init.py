@@ -9,6 +9,7 @@ scores instead of the highest). Every network trains with the same settings an I
 Layout of a study in OUT (one per seed in OUT/seed_<s>/ with several seeds):
     at_init.json                     settings and fingerprint (another study here is refused)
     summary.json                     per sparsity: density and every run's metrics
+    at_init.md                       mean ± std table over the seeds (in OUT itself)
     sparsity_<s>/mask.npz            the criterion's mask
     sparsity_<s>/<run>/              pruned, layer_shuffle, reinit, invert: config.json,
                                      metrics.jsonl, result.json, weights.npz (+ mask.npz for
@@ -21,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +29,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from lottery.analysis.records import AT_INIT_PRUNED, at_init_table
 from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
-from lottery.core.storage import provenance, read_json, write_json
+from lottery.core.storage import provenance, read_json, write_bytes_atomic, write_json
 from lottery.datasets import Splits
 from lottery.pruning.checks import keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
@@ -51,7 +52,7 @@ from lottery.training.setup import compact_run, load_data, make_model
 from lottery.training.trainer import Trainer
 
 CONTROLS = ("layer-shuffle", "reinit", "invert")
-PRUNED = "pruned"  # the run of the criterion's own mask
+PRUNED = AT_INIT_PRUNED  # the run of the criterion's own mask
 # What pruning at initialisation can offer a criterion (no trained or accumulated weights).
 CONTEXT = {"model", "batches", "input_shape", "sparsity"}
 
@@ -133,7 +134,13 @@ def run_at_init(
     )  # a dry run: a layer N:M cannot apply to, or a rate for a missing layer, fails here
     Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
     with hold(out):  # one writer per study folder, taken once everything is validated
-        return _study(cfgs, outs, data, settings, progress)
+        summaries = _study(cfgs, outs, data, settings, progress)
+        text = at_init_table(
+            [read_json(o / layout.SUMMARY) for o in layout.seed_dirs(out)] or summaries
+        )
+        write_bytes_atomic((text + "\n").encode(), out / layout.AT_INIT_TABLE)
+        tqdm.write(text)
+        return summaries
 
 
 def _study(
@@ -171,7 +178,6 @@ def _study(
         summary = {"settings": dataclasses.asdict(settings), "sparsities": r}
         write_json(summary, o / layout.SUMMARY)
         summaries.append(summary)
-    tqdm.write(table(summaries, settings))
     return summaries
 
 
@@ -289,35 +295,3 @@ def _write_settings(out: Path, cfg: TrainConfig, settings: AtInitConfig) -> None
         },
         path,
     )
-
-
-def accuracy(summaries: list[dict], sparsity: float, run: str) -> list[float]:
-    """Test accuracy (%) at the best validation step of `run` at `sparsity`, one per study."""
-    out = []
-    for summary in summaries:
-        for row in summary["sparsities"]:
-            if row["sparsity"] == sparsity:
-                m = row[PRUNED] if run == PRUNED else row["controls"].get(run)
-                if m is not None:
-                    acc = m["test_accuracy_at_best_val"]
-                    out.append(100 * (acc if acc is not None else m["test_accuracy"]))
-    return out
-
-
-def mean_std(values: list[float]) -> str:
-    """`mean ± std` over seeds (std 0 for one value), or '-' for none."""
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.2f} ± {std:.2f}"
-
-
-def table(summaries: list[dict], settings: AtInitConfig) -> str:
-    """Markdown table: test accuracy (%) at the best validation step, mean ± std over studies."""
-    runs = [PRUNED, *settings.controls]
-    head = f"| sparsity | {settings.criterion} | " + " | ".join(settings.controls) + " |"
-    lines = [head.replace("|  |", "|"), "|---" * (len(runs) + 1) + "|"]
-    for s in settings.sparsities:
-        cells = [mean_std(accuracy(summaries, s, r)) for r in runs]
-        lines.append(f"| {100 * s:g}% | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

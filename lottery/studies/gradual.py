@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from logging import getLogger
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,10 @@ def train_gradual(
     held against a second writer while they train.
     """
     specs = [pruned_spec(r, settings, data) for r in runs]
+    for text in dict.fromkeys(
+        w for s in specs if s.pruner is not None for w in s.pruner.warnings()
+    ):
+        getLogger(__name__).warning("warning: %s", text)
     with hold(lock) if lock is not None else contextlib.nullcontext():
         results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
         if distributed.is_main():

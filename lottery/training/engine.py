@@ -78,6 +78,8 @@ def prune(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
     base = run.mask if run.mask is not None else Mask.ones(run.model)
     mask = run.pruner.update(step, copies.module(i), base).to(run.device)
     copies.set_mask(i, Mask(distributed.broadcast_mask(mask.tensors)))
+    if run.mask.kept() != base.kept():
+        run.restart_best()
     for hook in hooks.at_pruning:
         hook(run, step, run.mask)
 

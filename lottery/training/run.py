@@ -209,6 +209,11 @@ class Run:
     def density(self) -> float:
         return self.mask.density() if self.mask is not None else 1.0
 
+    def restart_best(self) -> None:
+        """Forget the best evaluation so far: a pruning update changed the mask, so a gradual run's
+        "at min. validation loss" is taken among evaluations at its final sparsity only."""
+        self.best = Best()
+
     def log(
         self, step: int, lr: float, val: tuple[float, float], test: tuple[float, float]
     ) -> dict:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 
 import pytest
 
 from lottery.cli.main import add_train_args, config_from_args, main
-from lottery.core.config import NON_RESULT_FIELDS, TrainConfig, paper_defaults
+from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, paper_defaults
 from lottery.models.registry import list_models
 
 BASE = ["--dataset", "synthetic", "--device", "cpu", "--no-progress"]
@@ -112,3 +113,46 @@ def test_yaml_settings(tmp_path):
     assert main(["train", "--config", str(src), *BASE, "--out", str(tmp_path / "o")]) == 0
     record = json.loads((tmp_path / "o" / "config.json").read_text())["config"]
     assert record["steps"] == 4 and record["model"] == "lenet_32"
+
+
+def test_equal_settings_fingerprint_alike_whatever_their_python_type():
+    """epochs=2 from Python and 2.0 from the command line are one run (and one search)."""
+    a, b = TrainConfig(epochs=2, lr=1), TrainConfig(epochs=2.0, lr=1.0)
+    assert a.to_dict() == b.to_dict() and a.fingerprint() == b.fingerprint()
+    assert json.dumps(a.to_dict()) == json.dumps(b.to_dict())
+    assert TrainConfig(steps=300.0).steps == 300 and isinstance(TrainConfig(steps=300.0).steps, int)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"steps": 2.5}, "steps must be a whole number, got 2.5"),
+        ({"save_at": "5"}, "save_at must be a list, got '5'"),
+        ({"nesterov": "yes"}, "nesterov must be true or false, got 'yes'"),
+        ({"batch_size": True}, "batch_size must be a whole number, got True"),
+        ({"lr": "0.1"}, "lr must be a number, got '0.1'"),
+        ({"model": 3}, "model must be a string, got 3"),
+        ({"steps": 10, "epochs": 1.0}, "give steps or epochs, not both"),
+    ],
+)
+def test_a_setting_of_the_wrong_kind_is_refused_naming_it(changes, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**changes)
+
+
+def test_the_python_api_resumes_the_search_the_cli_wrote(tmp_path, capsys):
+    from lottery.studies.imp import IMPConfig, run_imp
+
+    out = tmp_path / "search"
+    args = ["--model", "lenet_32", "--dataset", "synthetic", "--train-limit", "256"]
+    args += ["--val-size", "64", "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+    assert main(["imp", *args, "--rounds", "1", "--out", str(out), "--no-progress"]) == 0
+    cfg = TrainConfig(
+        model="lenet_32", dataset="synthetic", train_limit=256, val_size=64, epochs=1,
+        batch_size=32, device="cpu",
+    )  # fmt: skip
+    before = (out / "summary.json").read_text()
+    summary = run_imp(cfg, IMPConfig(rounds=1), out, progress=False)
+    assert summary["rounds"][1]["test_accuracy"] == json.loads(before)["rounds"][1]["test_accuracy"]
+    with pytest.raises(ConfigError, match=r"lr 0.0012 -> 0.002"):
+        run_imp(cfg.replace(lr=0.002), IMPConfig(rounds=1), out, progress=False)

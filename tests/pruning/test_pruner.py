@@ -263,3 +263,37 @@ def test_prune_command_prunes_only_the_convolutions_with_layers_conv(tmp_path, c
     assert not (tmp_path / "lenet").exists() and not (tmp_path / "fc").exists()
     with pytest.raises(ConfigError, match="pruned layers"):
         PruningSettings(layers="fc")
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_best_validation_of_a_pruning_run_is_taken_at_its_final_sparsity(tmp_path, batched):
+    """The dense evaluations before the one-shot prune have the lowest validation loss, yet the
+    run's "at min. validation loss" comes from an evaluation at the final mask."""
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "60"]
+    argv += ["--batch-size", "32", "--schedule", "one-shot", "--final-sparsity", "0.995"]
+    argv += ["--start", "0.5", "--update-every", "10", "--device", "cpu", "--eval-every", "10"]
+    argv += ["--out", str(out), "--no-progress", "--seeds", "0,1"]
+    assert main([*argv, "--batched"] if batched else argv) == 0
+    for seed in (0, 1):
+        run = out / f"seed_{seed}"
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        result = json.loads((run / "result.json").read_text())
+        final = metrics[-1]["density"]
+        at_final = [m for m in metrics if m["density"] == final]
+        assert min(metrics, key=lambda m: m["val_loss"])["density"] > final  # denser was best
+        best = min(at_final, key=lambda m: m["val_loss"])
+        assert result["best_val_step"] == best["step"] and best["step"] >= 30
+        assert result["test_accuracy_at_best_val"] == best["test_accuracy"]
+
+
+def test_a_schedule_that_cannot_do_what_it_says_is_warned_about(caplog):
+    def warnings(**kw) -> list[str]:
+        schedule = Schedule(kw.pop("name", "agp"), 0.9, end=kw.pop("end", 1.0))
+        return GradualPruner(schedule, 200, **kw).warnings()
+
+    few, none_after = warnings(every=100)  # updates at 100 and 200, the last at the final step
+    assert "only 2 mask update(s)" in few and "final step (200)" in none_after
+    assert warnings(every=10, end=0.8) == []
+    assert warnings(name="one-shot", every=100, end=0.5) == []
+    assert len(warnings(every=10)) == 1  # smooth, but nothing after the last update

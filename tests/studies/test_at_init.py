@@ -4,6 +4,7 @@ and bad input refused before anything is written."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
@@ -100,6 +101,27 @@ def test_batched_matches_separate_runs(tmp_path):
         x, y = ra["controls"]["invert"], rb["controls"]["invert"]
         assert x["test_loss"] == pytest.approx(y["test_loss"], rel=1e-3), seed
         assert ra["pruned"]["test_loss"] == pytest.approx(rb["pruned"]["test_loss"], rel=1e-3)
+    # the mean ± std table over seeds is written beside the seeds, and `lottery report` reads it
+    accs = [
+        100 * json.loads((tmp_path / "a" / f"seed_{s}" / "summary.json").read_text())
+        ["sparsities"][0]["controls"]["invert"]["test_accuracy_at_best_val"]
+        for s in (0, 1)
+    ]  # fmt: skip
+    cell = f"{statistics.fmean(accs):.2f} ± {statistics.stdev(accs):.2f}"
+    table = (tmp_path / "a" / "at_init.md").read_text()
+    assert table.splitlines()[0] == "| sparsity | snip | invert |"
+    assert table.splitlines()[2].startswith("| 80% | ") and table.splitlines()[2].endswith(
+        f" | {cell} |"
+    )
+    for folder in (tmp_path / "a", tmp_path / "a" / "seed_1"):
+        report = tmp_path / "report" / folder.name
+        assert main(["report", str(folder), "--out", str(report), "--format", "svg"]) == 0
+        md = (report / "report.md").read_text()
+        assert "## Pruning at initialization" in md and "| sparsity | snip | invert |" in md
+        assert (report / "at_init_accuracy.svg").is_file()
+        rows = (report / "at_init_records.csv").read_text().splitlines()
+        assert len(rows) == 1 + (2 if folder.name == "a" else 1) * 2  # header + seeds x runs
+    assert cell in (tmp_path / "report" / "a" / "report.md").read_text()
 
 
 @pytest.mark.parametrize(
