@@ -217,8 +217,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
-    """`--no-progress` for subcommands that take no training flags (accepted by every command)."""
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    """`--no-progress` / `--progress` (accepted by every command): bars are drawn on a terminal
+    only, so a log file or a pipe gets results, not redraws, unless --progress asks for them."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    g.add_argument(
+        "--progress",
+        action="store_true",
+        help="draw progress bars even when stderr is not a terminal (default: on a terminal only)",
+    )
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Whether to draw progress bars: --progress, else on a terminal unless --no-progress."""
+    return args.progress or (not args.no_progress and sys.stderr.isatty())
 
 
 def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:

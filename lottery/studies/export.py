@@ -9,9 +9,11 @@ with weights_only=True and rebuilt by this module, so loading never runs pickled
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -69,6 +71,15 @@ class Offset(nn.Module):
         return x + self.value
 
 
+@contextlib.contextmanager
+def quiet_sparse() -> Iterator[None]:
+    """Silence torch's notice that CSR tensors are a beta feature, which it prints on every export
+    and speed run; our CSR layers are tested against their dense counterparts."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        yield
+
+
 class SparseLinear(nn.Module):
     """A linear layer whose weight is a torch.sparse CSR matrix with int32 indices."""
 
@@ -83,7 +94,8 @@ class SparseLinear(nn.Module):
 
     @classmethod
     def from_dense(cls, layer: nn.Linear) -> SparseLinear:
-        csr = layer.weight.detach().to_sparse_csr()
+        with quiet_sparse():
+            csr = layer.weight.detach().to_sparse_csr()
         out = cls(
             layer.in_features, layer.out_features, csr.values().numel(), layer.bias is not None
         )
@@ -97,7 +109,10 @@ class SparseLinear(nn.Module):
     def rebuild(self) -> None:
         """Assemble the CSR weight from its index and value buffers (after loading or moving)."""
         shape = (self.out_features, self.in_features)
-        self.weight = torch.sparse_csr_tensor(self.crow, self.col, self.values, shape)
+        with quiet_sparse():
+            self.weight = torch.sparse_csr_tensor(
+                self.crow, self.col, self.values, shape, check_invariants=False
+            )
 
     def _apply(self, fn: Callable, recurse: bool = True) -> SparseLinear:
         super()._apply(fn, recurse)

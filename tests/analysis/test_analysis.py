@@ -102,6 +102,12 @@ def test_cli_overlap_json(tmp_path, capsys):
     assert pair["jaccard"] == pytest.approx(1 / 3)
     assert {"expected_jaccard", "p_value"} <= set(pair)
     assert pair["layers"]["w"]["jaccard"] == pytest.approx(1 / 3)
+    heat = tmp_path / "h.svg"
+    argv = ["overlap", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--json"]
+    assert main([*argv, "--heatmap", str(heat)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["pairs"][0] == pair and printed.err.strip() == f"heatmap: {heat}"
+    assert heat.read_text().lstrip().startswith("<?xml")
 
 
 def test_barrier_of_a_model_with_itself_is_zero():

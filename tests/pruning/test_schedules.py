@@ -194,10 +194,12 @@ def test_cli_overlays_several_schedules_and_plots(capsys, tmp_path):
     argv = ["schedule", "one-cycle", "cosine", "iterative", "--final-sparsity", "0.95"]
     argv += ["--steps", "20", "--n-steps", "4", "--alpha", "12", "--plot", str(png)]
     assert main(argv) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
+    printed = capsys.readouterr()
+    lines = printed.out.strip().splitlines()
     assert lines[0] == "step,one-cycle,cosine,iterative" and len(lines) == 22
     assert lines[-1] == "20,0.950000,0.950000,0.950000"
     assert png.read_bytes()[:4] == b"\x89PNG"
+    assert printed.err.strip() == f"plot: {png}"  # the path, beside (not inside) the CSV
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,8 @@ refused with their reason; 2:4 runs on a capable GPU and is refused elsewhere; f
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -268,6 +270,18 @@ def test_cli_exports_a_run_and_scores_it(tiny_run, tmp_path, capsys):
     assert original == loaded
     back = load_export(tmp_path / "c.pt")
     assert back.module.classifier_0.out_features == 32  # half of the 64 filters pruned
+    assert "note: compact" not in out
+
+
+def test_cli_compact_export_of_an_unstructured_mask_says_it_saves_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["prune", "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "10"]
+    args += ["--batch-size", "30", "--device", "cpu", "--schedule", "one-shot"]
+    args += ["--final-sparsity", "0.5", "--start", "0.5", "--update-every", "5", "--out", str(run)]
+    assert main(args) == 0
+    argv = ["export", str(run), "--as", "compact", "--out", str(tmp_path / "c.pt"), "--no-eval"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert "nothing was saved. --as sparse stores only the kept weights" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -286,3 +300,20 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tiny_run, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_sparse_layers_raise_none_of_torchs_known_sparse_notices():
+    """In a fresh process (torch prints each notice once per process): no beta or invariant
+    notice from building and running a CSR layer, and the same output as the dense layer."""
+    code = (
+        "import torch, warnings\n"
+        "warnings.simplefilter('always')\n"
+        "from lottery.studies.export import SparseLinear\n"
+        "layer = torch.nn.Linear(8, 4)\n"
+        "with torch.no_grad(): layer.weight[:, ::2] = 0\n"
+        "y = SparseLinear.from_dense(layer)(torch.ones(3, 8))\n"
+        "assert torch.allclose(y, layer(torch.ones(3, 8)), atol=1e-6)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "sparse" not in done.stderr.lower(), done.stderr

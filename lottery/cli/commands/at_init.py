@@ -10,6 +10,7 @@ from lottery.cli.main import (
     config_from_args,
     parse_ints,
     parse_scales,
+    show_progress,
 )
 from lottery.core import layout
 from lottery.pruning.criteria import CRITERIA
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.download:
         load_data(cfg, download=True)
-    run_at_init(cfg, settings, args.out, seeds=args.seeds, progress=not args.no_progress)
+    run_at_init(cfg, settings, args.out, seeds=args.seeds, progress=show_progress(args))
     if args.seeds is None:
         print(f"summary: {args.out / layout.SUMMARY}")
     else:

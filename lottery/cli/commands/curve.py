@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats
+from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats, show_progress
 from lottery.studies.curves import SPARSITIES, check_methods, methods, run_curve
 from lottery.training.runfolder import check_writable, hold
 from lottery.training.setup import load_data
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.prune_seed,
             norm=args.norm,
             prune_output=args.prune_output,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
         files = write_report(args.out)
     names = list(dict.fromkeys(r["method"] for r in result["curve"]))

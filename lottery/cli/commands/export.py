@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     back = load_export(args.out, device)
     numbers, dense = stored_numbers(back.module), stored_numbers(loaded.model)
     print(f"{args.route}: {args.out} ({size} bytes), {numbers} stored numbers (dense {dense})")
+    if args.route == "compact" and numbers >= dense and loaded.mask is not None:
+        print(
+            "note: compact removes only whole filters and channels; this mask prunes single "
+            "weights, so nothing was saved. --as sparse stores only the kept weights."
+        )
     if args.no_eval:
         return 0
     data = load_data(loaded.cfg.replace(device=device.type))

@@ -12,6 +12,7 @@ from lottery.cli.main import (
     config_from_args,
     parse_ints,
     parse_scales,
+    show_progress,
 )
 from lottery.pruning.masks import SCOPES
 from lottery.studies.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
@@ -112,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
         batched=args.batched,
     )
     if args.seeds is None:
-        run_imp(cfg, imp, args.out, progress=not args.no_progress)
+        run_imp(cfg, imp, args.out, progress=show_progress(args))
         print(f"summary: {args.out / 'summary.json'}")
         return 0
-    run_imp_seeds(cfg, imp, args.out, args.seeds, progress=not args.no_progress)
+    run_imp_seeds(cfg, imp, args.out, args.seeds, progress=show_progress(args))
     for s in args.seeds:
         print(f"summary: {args.out / f'seed_{s}' / 'summary.json'}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.analysis.overlap import load_mask
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints
+from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import read_json
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             mask=mask,
             seeds=pairs,
             points=args.points,
-            progress=not args.no_progress,
+            progress=show_progress(args),
         )
         files = write_report(args.out)
     print(

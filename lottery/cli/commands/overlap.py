@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from lottery.analysis.overlap import load_masks, matrix, pairwise
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         labels = list(masks)
         chance = matrix(labels, pairs, "expected_jaccard")
         plots.save(plots.overlap_heatmap(labels, matrix(labels, pairs), chance), args.heatmap)
+        print(f"heatmap: {args.heatmap}", file=sys.stderr)  # stderr: stdout may be --json
     if args.json:
         print(json.dumps({"masks": list(masks), "pairs": pairs}, indent=2))
         return 0

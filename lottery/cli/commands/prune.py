@@ -13,6 +13,7 @@ from lottery.cli.main import (
     add_train_args,
     config_from_args,
     parse_scales,
+    show_progress,
 )
 from lottery.core import layout
 from lottery.core.config import ConfigError, check_seeds
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
                         record={"label": f"seed {s}"})
         for s in seeds
     ]  # fmt: skip
-    progress = not args.no_progress
+    progress = show_progress(args)
     results = train_gradual(
         runs, settings, data, batched=args.batched, progress=progress, lock=Path(args.out)
     )

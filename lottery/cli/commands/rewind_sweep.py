@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 
 from lottery.cli.commands.imp import add_pruning_args, pruning_settings
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints
+from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
 from lottery.core.config import TrainConfig
 from lottery.studies.imp import IMPConfig, validate_search
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
 def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
     from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
 
-    result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, not args.no_progress)
+    result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, show_progress(args))
     print(
         f"\n{'round':>5s} {'weights%':>9s}"
         + "".join(f" {'k=' + str(k):>9s}" for k in result["steps"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from lottery.cli.main import COMMANDS, add_progress_flag
@@ -106,4 +107,5 @@ def run(args: argparse.Namespace) -> int:
         from lottery.analysis import plots  # matplotlib loads only when a figure is drawn
 
         plots.save(plots.schedule_curves(curves), args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)  # stderr: stdout is the CSV
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args
+from lottery.cli.main import COMMANDS, add_train_args, config_from_args, show_progress
 from lottery.pruning.masks import Mask
 from lottery.training.runfolder import check_writable, hold
 from lottery.training.setup import load_data, make_model
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     mask = Mask.load(args.mask, model) if args.mask else None
     # the Trainer checks the settings against model and data; nothing is written before `hold`,
     # and a folder holding another run (other settings or mask) is refused before training
-    trainer = Trainer(cfg, data, model, args.out, mask=mask, progress=not args.no_progress)
+    trainer = Trainer(cfg, data, model, args.out, mask=mask, progress=show_progress(args))
     with hold(args.out):
         result = trainer.fit()
     print(json.dumps(result.to_dict(), indent=2))
