@@ -148,8 +148,9 @@ def training_curves(runs: dict[str, list[dict]], title: str = "Training curves")
 
 
 def schedules(runs: dict[str, list[dict]], title: str = "Schedules during training") -> Figure:
-    """Learning rate and % weights remaining against step (metrics.jsonl rows), both from zero so a
-    constant schedule reads as flat rather than as noise on a zoomed axis."""
+    """Learning rate and % weights remaining against step (`records.schedule_rows`: step, lr,
+    density), both from zero so a constant schedule reads as flat rather than as noise on a
+    zoomed axis."""
     colors = _palette(list(runs))
     with style():
         fig, (lr, dens) = new_figure(2, size=(5.0, 4.0))
@@ -223,7 +224,8 @@ def overlap_heatmap(
     title: str = "Mask overlap (Jaccard)",
 ) -> Figure:
     """Pairwise overlap matrix; with `chance` (same shape, e.g. expected Jaccard of random masks)
-    each cell also shows chance in brackets (up to 8 masks), and the colour bar marks its mean."""
+    each cell also shows chance in brackets (up to 8 masks), and the colour bar marks the chance
+    level, or its lowest and highest where pairs differ (masks of different densities)."""
     n = len(labels)
     short = _short_labels(labels)
     cell = 0.9 if n <= 8 else max(0.32, 6.0 / n)
@@ -236,29 +238,36 @@ def overlap_heatmap(
                 if chance is not None and i != j and n <= 8 and np.isfinite(chance[i, j]):
                     t += f"\n({chance[i, j]:.3f})"
                 text[i, j] = t
+    off = chance[~np.eye(n, dtype=bool)] if chance is not None else np.array([])
+    off = off[np.isfinite(off)]
+    levels = sorted({round(float(off.min()), 3), round(float(off.max()), 3)}) if off.size else []
+    label = "Jaccard |A∩B| / |A∪B|"
+    if levels:
+        label += "\n(dashed: chance" + (", lowest and highest pair)" if len(levels) > 1 else ")")
+    width = max(len(s) for s in short) * 0.07  # inches for the longest tick label
     side = max(3.6, cell * n + 2.8)
     with style():
-        fig, (ax,) = new_figure(size=(side + 1.2, side))
+        fig, (ax,) = new_figure(size=(side + 1.2 + width, side + width))
         sns.heatmap(
             values, xticklabels=short, yticklabels=short, annot=text if annotate else False,
             fmt="", annot_kws={"fontsize": 9 if n <= 8 else max(5, 11 - n // 3)},
-            cmap="viridis", vmin=0.0, vmax=1.0, square=True, ax=ax,
-            cbar_kws={"label": "Jaccard |A∩B| / |A∪B|"},
+            cmap="viridis", vmin=0.0, vmax=1.0, square=True, ax=ax, cbar_kws={"label": label},
         )  # fmt: skip
         ax.tick_params(axis="x", rotation=45)
         ax.tick_params(axis="y", rotation=0)
         for lab in ax.get_xticklabels():
             lab.set_horizontalalignment("right")
-        if chance is not None:
-            off = chance[~np.eye(n, dtype=bool)]
-            level = float(np.nanmean(off)) if np.isfinite(off).any() else None
-            if level is not None:
-                bar = ax.collections[0].colorbar
-                bar.ax.axhline(level, color="white", lw=2, ls="--")
-                bar.ax.text(1.6, level, f"chance {level:.3f}", va="center", fontsize=8,
-                            transform=bar.ax.get_yaxis_transform())  # fmt: skip
-                if n <= 8:
-                    title += "\nin brackets: chance (random masks' expected value)"
+            lab.set_rotation_mode("anchor")
+        bar = ax.collections[0].colorbar
+        for k, level in enumerate(levels):  # inside the bar, clear of its ticks and label
+            bar.ax.axhline(level, color="white", lw=2, ls="--")
+            above = k == len(levels) - 1
+            bar.ax.text(0.5, level + (0.01 if above else -0.01), f"chance {level:.3f}",
+                        rotation=90, ha="center", va="bottom" if above else "top",
+                        fontsize=7, color="white")  # fmt: skip
+        if levels:
+            spread = f"{levels[0]:.3f}" if len(levels) == 1 else f"{levels[0]:.3f}-{levels[1]:.3f}"
+            title += f"\nchance {spread}" + (", in brackets per pair" if n <= 8 else "")
         ax.set_title(title)
     return fig
 

@@ -99,6 +99,35 @@ def run_metrics(run: str | Path) -> pd.DataFrame:
     return _frame(metric_rows(read_jsonl(run / layout.METRICS)), METRIC_COLUMNS)
 
 
+SCHEDULE_POINTS = 2000  # evenly spaced steps drawn per schedule, beside every mask update
+
+
+def schedule_rows(run: str | Path) -> list[dict]:
+    """The LR and density a run trains with at every step (about `SCHEDULE_POINTS` evenly spaced
+    steps plus every mask update and the step before it), computed from its config.json and
+    pruning.jsonl rather than sampled at evaluations, so a one-cycle LR is drawn smooth and every
+    mask update shows as its own drop. Rows: step, lr, density (a fraction)."""
+    from lottery.core.config import TrainConfig
+    from lottery.core.optim import lr_factor
+
+    run = Path(run)
+    record = read_json(run / layout.CONFIG)
+    cfg, total = TrainConfig.from_dict(record["config"]), int(record["total_steps"])
+    factor = lr_factor(cfg, total)
+    log = run / layout.PRUNING_LOG
+    updates = [(u["step"], 1.0 - u["sparsity"]) for u in read_jsonl(log)] if log.exists() else []
+    if not updates:  # a fixed mask (or none): the density every evaluation recorded
+        updates = [(0, read_jsonl(run / layout.METRICS)[0]["density"])]
+    steps = {*range(0, total + 1, max(1, total // SCHEDULE_POINTS)), total}
+    steps |= {s for step, _ in updates for s in (step - 1, step) if 0 <= s <= total}
+    rows, k = [], 0
+    for step in sorted(steps):
+        while k + 1 < len(updates) and updates[k + 1][0] <= step:
+            k += 1
+        rows.append({"step": step, "lr": cfg.lr * factor(step), "density": updates[k][1]})
+    return rows
+
+
 def pruning_log(run: str | Path) -> pd.DataFrame:
     """A gradual-pruning run's mask updates. Columns: step, target_sparsity_pct (the schedule's),
     sparsity_pct and percent_remaining (what the mask holds after the update), kept (weights)."""

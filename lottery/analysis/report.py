@@ -108,9 +108,7 @@ def imp_section(run: Path) -> Section:
         "training": plots.training_curves(
             {k: _training(p) for k, p in tickets.items()}, "Tickets during training, by round"
         ),
-        "schedules": plots.schedules(
-            {k: read_jsonl(p / layout.METRICS) for k, p in tickets.items()}
-        ),
+        "schedules": plots.schedules({k: records.schedule_rows(p) for k, p in tickets.items()}),
         "layer_density": plots.layer_density(round_layer_density(run)),
         "overlap_heatmap": heat,
     }
@@ -132,7 +130,7 @@ def train_section(run: Path) -> Section:
     """Figures and summary of a single training run (dense, masked or gradually pruned)."""
     figures = {
         "training": plots.training_curves({run.name: _training(run)}, f"Training run {run.name}"),
-        "schedules": plots.schedules({run.name: read_jsonl(run / layout.METRICS)}),
+        "schedules": plots.schedules({run.name: records.schedule_rows(run)}),
     }
     text = f"## Training run `{run}`\n"
     if (run / layout.RESULT).exists():

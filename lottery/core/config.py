@@ -148,8 +148,10 @@ class TrainConfig:
     device: str = flag("auto", "where to train", group=RECORDS, choices=("auto", "cpu", "cuda"))
     threads: int | None = flag(
         None,
-        "CPU threads for torch's intra-op work (default: torch's choice); CPU results are "
-        "bit-identical only at the same thread count, which config.json records",
+        "CPU threads for torch's intra-op work (default: one per 1e9 multiply-adds of a training "
+        "step, at most the cores available, so small networks take one; a resumed run keeps the "
+        "count it started with). CPU results are bit-identical only at the same thread count, "
+        "which config.json records",
         group=RECORDS,
     )
     bf16: bool = flag(False, "bf16 autocast (CUDA only)", group=RECORDS)

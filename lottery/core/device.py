@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -22,6 +23,52 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {name} was asked for, but this machine has no usable CUDA GPU")
     return distributed.local_device(torch.device(name))
+
+
+# Multiply-adds per step that make one more CPU thread pay. Measured on 2 cores
+# (experiments/benchmarks/bench_threads.py): LeNet-300-100 at batch 60 (about 5e7 per training
+# step) runs 1.4x slower on 2 threads than on 1 when idle and 2.5x slower beside a busy process,
+# while Conv-2 (about 6e9) runs 2x faster on 2 threads when idle.
+WORK_PER_THREAD = 1e9
+
+
+def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of the conv and linear layers in one forward pass of one example, counted
+    by hooks during a no-grad forward in eval mode (BatchNorm statistics stay untouched)."""
+    total = 0
+
+    def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+        else:  # a convolution: every output element costs one kernel's worth
+            per_output = module.weight[0].numel()
+            total += per_output * output[0].numel()
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total
+
+
+def default_threads(
+    model: nn.Module, input_shape: tuple[int, ...], examples: int, training: bool = True
+) -> int:
+    """CPU threads for a run that names none: one thread per `WORK_PER_THREAD` multiply-adds of a
+    step (a training step costs about three forward passes), at least one, at most the cores this
+    process may use. Small networks get one thread: there a second one costs more in
+    synchronisation than it saves, and many times more when the machine is busy."""
+    work = multiply_adds(model, input_shape) * examples * (3 if training else 1)
+    return max(1, min(len(os.sched_getaffinity(0)), int(work // WORK_PER_THREAD)))
 
 
 @contextlib.contextmanager

@@ -41,11 +41,28 @@ def _seconds(fn: Callable[[], object], calls: int, device: torch.device) -> floa
     return (time.perf_counter() - t0) / calls
 
 
-@torch.inference_mode()
 def time_pair(
     dense: nn.Module, other: nn.Module, x: torch.Tensor, repeats: int = 11
 ) -> tuple[float, float]:
     """Median seconds per forward pass of `dense` and `other` on `x`, timed alternately."""
+    a, b = time_samples(dense, other, x, repeats)
+    return statistics.median(a), statistics.median(b)
+
+
+def spread(ratios: list[float]) -> tuple[float, float]:
+    """The interquartile range of per-repeat ratios (both ends the one value for one repeat)."""
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+@torch.inference_mode()
+def time_samples(
+    dense: nn.Module, other: nn.Module, x: torch.Tensor, repeats: int = 11
+) -> tuple[list[float], list[float]]:
+    """Seconds per forward pass of `dense` and `other` on `x`, one sample of each per repeat,
+    alternating which goes first so machine noise hits both alike."""
     device = x.device
     runs = (lambda: dense(x), lambda: other(x))
     for _ in range(3):  # warm-up (allocator, kernel selection, caches)
@@ -58,7 +75,7 @@ def time_pair(
         order = (0, 1) if i % 2 == 0 else (1, 0)
         for k in order:
             samples[k].append(_seconds(runs[k], calls, device))
-    return statistics.median(samples[0]), statistics.median(samples[1])
+    return samples
 
 
 def measure(
@@ -71,7 +88,8 @@ def measure(
     repeats: int = 11,
     seed: int = 0,
 ) -> list[dict]:
-    """One row per (route, batch): dense and route ms per batch and the speed-up dense/route.
+    """One row per (route, batch): dense and route ms per batch (medians of `repeats`), the
+    speed-up dense/route and the interquartile range of the per-repeat speed-ups.
 
     A route that cannot export this network gives one row with its reason instead of timings.
     """
@@ -88,7 +106,9 @@ def measure(
             rows.append({"route": route, "sparsity": sparsity, "skipped": str(e)})
             continue
         for b, x in inputs.items():
-            dense_s, route_s = time_pair(dense, exported.module, x, repeats)
+            dense_t, route_t = time_samples(dense, exported.module, x, repeats)
+            dense_s, route_s = statistics.median(dense_t), statistics.median(route_t)
+            low, high = spread([d / r for d, r in zip(dense_t, route_t, strict=True)])
             rows.append(
                 {
                     "route": route,
@@ -97,6 +117,8 @@ def measure(
                     "dense_ms": 1e3 * dense_s,
                     "route_ms": 1e3 * route_s,
                     "speedup": dense_s / route_s,
+                    "speedup_low": low,  # interquartile range of the per-repeat speed-ups
+                    "speedup_high": high,
                     "dense_numbers": stored_numbers(dense),
                     "route_numbers": stored_numbers(exported.module),
                 }
@@ -161,17 +183,27 @@ def figure(rows: list[dict], sizes: list[dict] | None = None):  # -> matplotlib.
     fig = Figure(figsize=(6.4 * panels, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, panels, squeeze=False)[0]
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     timed = [r for r in rows if "speedup" in r]
     for route, batch in dict.fromkeys((r["route"], r["batch"]) for r in timed):
         pts = sorted(
-            (100 * r["sparsity"], r["speedup"])
+            (100 * r["sparsity"], r["speedup"], r.get("speedup_low"), r.get("speedup_high"))
             for r in timed
             if r["route"] == route and r["batch"] == batch
         )
-        axes[0].plot(*zip(*pts, strict=True), marker="o", label=f"{route}, batch {batch}")
+        x, y, low, high = zip(*pts, strict=True)
+        err = None
+        if None not in low:  # records written before the spread was kept have none
+            err = [[v - lo for v, lo in zip(y, low, strict=True)],
+                   [hi - v for v, hi in zip(y, high, strict=True)]]  # fmt: skip
+        axes[0].errorbar(x, y, yerr=err, marker="o", capsize=0, label=f"{route}, batch {batch}")
     axes[0].axhline(1.0, color="grey", linewidth=1, linestyle="--")
-    axes[0].set(xlabel="sparsity (%)", ylabel="speed-up vs masked dense (x)")
-    axes[0].set_title("What pruning buys in seconds")
+    axes[0].set_yscale("log")  # 0.01x and 10x are equally far from 1x
+    axes[0].yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    axes[0].set(xlabel="sparsity (%)", ylabel="speed-up vs masked dense (log)")
+    axes[0].set_title("What pruning buys in seconds (median, bars: interquartile range)")
     axes[0].legend()
     if sizes:
         forms = {"dense_bytes": "dense", "gzip_bytes": "gzip", "sparse_bytes": "sparse export"}

@@ -188,7 +188,7 @@ def fit_one(
     """Train (or resume, or read back) one run as a plain module; `started` sees its live copy."""
     if run.finished():
         return run.stored_result()
-    with run_threads(run.cfg.threads), distributed.guard(f"training in {run.dir}"):
+    with run_threads(run.threads), distributed.guard(f"training in {run.dir}"):
         single, step = begin(run, start, data, hooks)
         if started is not None:
             started(single)
@@ -225,13 +225,13 @@ def train_runs(
         if run.finished():
             results[i] = run.stored_result()
             continue
-        with run_threads(run.cfg.threads):
+        with run_threads(run.threads):
             single, step = begin(run, spec.start, data, hooks)
         cohorts.setdefault(cohort_key(single, step), []).append((i, single, step))
     for members in cohorts.values():
         singles, step = [m for _, m, _ in members], members[0][2]
         copies = singles[0] if len(singles) == 1 else StackedCopies(singles, step)
-        with run_threads(singles[0].runs[0].cfg.threads):  # a cohort shares every setting
+        with run_threads(singles[0].runs[0].threads):  # a cohort shares every setting
             done = Engine(copies, data, progress=progress, hooks=hooks).fit(step)
         results.update({i: r for (i, _, _), r in zip(members, done, strict=True)})
     return [results[i] for i in range(len(specs))]

@@ -20,7 +20,7 @@ from torch import nn
 from lottery.core import distributed, layout, storage
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.device import check_fast_path, place
+from lottery.core.device import check_fast_path, default_threads, place
 from lottery.datasets import Splits
 from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
@@ -102,6 +102,12 @@ class Tally:
     seconds: float = 0.0
 
 
+def recorded_threads(run_dir: Path) -> int | None:
+    """The CPU thread count a run's config.json records, if the run was started."""
+    path = run_dir / layout.CONFIG
+    return storage.read_json(path).get("threads") if path.exists() else None
+
+
 class Run:
     """A run's settings and folder, and everything it writes there; the engine does the training."""
 
@@ -134,6 +140,13 @@ class Run:
             self.mask.check_fits(self.model)
         self.data_description = data.describe()
         self.device = device
+        # --threads, else the count this run started with (so a resumed run continues exactly),
+        # else one chosen from the network's size and the machine
+        self.threads = (
+            self.cfg.threads
+            or recorded_threads(self.dir)
+            or default_threads(spec.model, data.input_shape, self.cfg.batch_size)
+        )
         self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content
         self.fingerprint = self.identity.fingerprint
         check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
@@ -170,7 +183,7 @@ class Run:
                 "parameters": sum(p.numel() for p in self.model.parameters()),
                 "device": str(self.device),
                 "world_size": distributed.world_size(),
-                "threads": torch.get_num_threads(),
+                "threads": self.threads,
                 "fingerprint": self.fingerprint,
                 "mask_digest": self.identity.mask_digest,
                 **self.record,

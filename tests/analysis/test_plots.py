@@ -104,6 +104,33 @@ def test_overlap_heatmap_cells_labels_and_chance(n):
     assert any(t.get_text() == "chance 0.125" for t in colorbar.texts)
 
 
+def test_overlap_heatmap_marks_chance_inside_the_bar_and_keeps_labels_in_the_figure():
+    """Chance that differs per pair gets a line at its lowest and highest level, each labelled
+    inside the colour bar (clear of its title), and no tick label is cut off at the edge."""
+    n = 6
+    values = np.full((n, n), 0.6)
+    np.fill_diagonal(values, 1.0)
+    chance = np.full((n, n), 0.25)
+    chance[0, 1:] = chance[1:, 0] = 0.5
+    labels = [f"/tmp/out/round_{i:02d}/mask.npz" for i in range(n)]
+    fig = plots.overlap_heatmap(labels, values, chance)
+    fig.canvas.draw()
+    ax, colorbar = fig.axes[0], fig.axes[1]
+    assert sorted(t.get_text() for t in colorbar.texts) == ["chance 0.250", "chance 0.500"]
+    assert sorted(round(line.get_ydata()[0], 3) for line in colorbar.lines) == [0.25, 0.5]
+    assert "chance 0.250-0.500" in ax.get_title()
+    renderer = fig.canvas.get_renderer()
+    inside = colorbar.get_window_extent(renderer)
+    for t in colorbar.texts:
+        box = t.get_window_extent(renderer)
+        assert inside.x0 <= box.x0 and box.x1 <= inside.x1, t.get_text()
+    page = fig.bbox
+    for t in [*ax.get_yticklabels(), *ax.get_xticklabels()]:
+        box = t.get_window_extent(renderer)
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0, t.get_text()
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"round_{i:02d}" for i in range(n)]
+
+
 def test_barrier_vs_step_labels_each_step_and_instability_titles():
     rows = [{"step": s, "barrier": b} for s, b in ((0, 0.05), (10, 0.02), (1000, 0.001))]
     fig = plots.barrier_vs_step({"dense": rows})

@@ -51,3 +51,30 @@ def test_instability_command_and_training_run_report(tmp_path, capsys):
 def test_report_refuses_a_folder_without_results(tmp_path):
     with pytest.raises(ConfigError, match="no recognisable results"):
         write_report(tmp_path)
+
+
+def test_a_prune_runs_schedules_figure_draws_the_schedule_itself(tmp_path):
+    """One-cycle's LR at every step from its definition, and every mask update as its own drop,
+    not the staircase of evaluation points."""
+    from lottery.analysis import plots, records
+    from lottery.core.config import TrainConfig
+    from lottery.core.optim import lr_factor
+
+    out = tmp_path / "run"
+    argv = ["prune", "--model", "lenet_64_32", "--dataset", "synthetic", "--steps", "60"]
+    argv += ["--batch-size", "32", "--schedule", "agp", "--final-sparsity", "0.9", "--end", "0.5"]
+    argv += ["--update-every", "10", "--lr-schedule", "one-cycle", "--device", "cpu"]
+    argv += ["--eval-every", "30", "--out", str(out)]
+    assert main(argv) == 0
+    rows = records.schedule_rows(out)
+    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text())["config"])
+    factor = lr_factor(cfg, 60)
+    assert [r["step"] for r in rows] == list(range(61))
+    assert [r["lr"] for r in rows] == [cfg.lr * factor(s) for s in range(61)]
+    log = [json.loads(x) for x in (out / "pruning.jsonl").read_text().splitlines()]
+    drops = [r["step"] for a, r in zip(rows, rows[1:], strict=False) if r["density"] < a["density"]]
+    assert drops == [u["step"] for u in log if u["step"] > 0 and u["sparsity"] > 0]
+    assert len(drops) == 3  # agp's updates at 10, 20 and 30 (the window's end)
+    assert rows[-1]["density"] == 1 - log[-1]["sparsity"]
+    fig = plots.schedules({"run": rows})
+    assert len(fig.axes[0].lines[0].get_xdata()) == 61  # drawn at every step, not 3 evaluations

@@ -14,7 +14,7 @@ from lottery.cli.main import main
 from lottery.pruning.criteria import Context, score
 from lottery.pruning.masks import Mask, prune
 from lottery.studies.export import Architecture, stored_numbers
-from lottery.studies.speed import figure, measure, sweep, table, time_pair
+from lottery.studies.speed import figure, measure, spread, sweep, table, time_pair
 
 ARCH = Architecture("lenet_64_32", (1, 28, 28), 10)
 
@@ -78,6 +78,19 @@ def test_sweep_prunes_each_route_its_own_way_and_draws_the_figure():
     fig = figure(rows, result["sizes"])
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert len(fig.axes[0].lines) == 3  # compact, sparse and the 1x line
+    # a log axis (0.01x is as far below 1x as 100x above) with each point's spread as a bar
+    assert fig.axes[0].get_yscale() == "log"
+    assert [c.has_yerr for c in fig.axes[0].containers] == [True, True]
+    for r in rows:
+        assert 0 < r["speedup_low"] <= r["speedup_high"]
+
+
+def test_speedup_spread_is_the_interquartile_range_of_the_per_repeat_ratios():
+    assert spread([2.0]) == (2.0, 2.0)
+    assert spread([1.0, 2.0, 3.0, 4.0, 5.0]) == (2.0, 4.0)
+    model, mask = masked(0.5, "filter")
+    (row,) = measure(model, mask, ARCH, ("compact",), batches=(8,), repeats=5)
+    assert row["speedup_low"] <= row["speedup_high"]
 
 
 def test_stored_numbers_counts_csr_values():
