@@ -90,7 +90,11 @@ def _training(run: Path) -> list[dict]:
 
 
 def imp_section(run: Path) -> Section:
-    """Figures, table and rounds.csv of one IMP search."""
+    """Figures, table and rounds.csv of one IMP search (a search stopped before its first round
+    finished has no results yet, and the report says so)."""
+    if not (run / layout.SUMMARY).exists():
+        started = ", ".join(p.name for p in layout.round_dirs(run))
+        return {}, f"## IMP search `{run}`\n\nNo round has finished yet (started: {started}).", {}
     summary = read_json(run / layout.SUMMARY)
     rounds = summary["rounds"]
     controls = summary.get("settings", summary).get("controls", [])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lottery import __version__
-from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.config import ConfigError, TrainConfig, field_value
 
 # Subcommand -> one-line help (the module `lottery.cli.commands.<name>` registers the full parser).
 COMMANDS: dict[str, str] = {
@@ -282,6 +282,7 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 # Recorded names whose flag is spelled otherwise (IMP's fraction, a gradual run's pruning).
 RENAMED = {"fraction": "prune_fraction", "every": "update_every", "seed": "prune_seed"}
 
@@ -290,20 +291,23 @@ def read_settings(path: Path) -> dict[str, Any]:
     """Settings from a JSON or YAML file, by flag destination: plain `name: value` pairs, a run's
     config.json (its "config") or a search's imp.json (its "train" and "imp" settings)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"--config {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"--config {path}: not a UTF-8 text file (give a JSON or YAML file)"
+        ) from None
+    yaml_file = path.suffix in (".yaml", ".yml")
+    if yaml_file:
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(
+                f"--config {path}: YAML files need PyYAML (pip install 'lottery[yaml]')"
+            ) from None
     try:
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise ConfigError(
-                    f"--config {path}: YAML files need PyYAML (pip install 'lottery[yaml]')"
-                ) from None
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+        data = yaml.safe_load(text) if yaml_file else json.loads(text)
     except ValueError as e:  # JSON and YAML parse errors
         raise ConfigError(f"--config {path}: not valid {path.suffix[1:] or 'JSON'}: {e}") from None
     if not isinstance(data, dict):
@@ -322,6 +326,10 @@ def read_settings(path: Path) -> dict[str, Any]:
         flat.update(schedule.pop("params"), schedule=schedule.pop("name"), **schedule, **pruning)
     if extra:
         raise ConfigError(f"--config {path}: unknown settings {sorted(extra)} in extra")
+    try:  # a training setting of the wrong kind is named here, not misread as flags
+        flat = {k: field_value(k, v) if k in FIELDS else v for k, v in flat.items()}
+    except ConfigError as e:
+        raise ConfigError(f"--config {path}: {e}") from None
     return {RENAMED.get(k, k): v for k, v in flat.items()}
 
 

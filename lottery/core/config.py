@@ -265,6 +265,11 @@ NON_RESULT_FIELDS = (
 )
 
 
+def field_value(name: str, value: Any) -> Any:
+    """`value` as TrainConfig's field `name` takes it (see `_typed`), or ConfigError."""
+    return _typed(next(f for f in dataclasses.fields(TrainConfig) if f.name == name), value)
+
+
 def _typed(f: dataclasses.Field, value: Any) -> Any:
     """`value` as field `f`'s declared type, so equal settings record (and fingerprint) alike
     whether they came from the command line or from Python (epochs=2 is epochs=2.0); a value of

@@ -46,3 +46,28 @@ def keep_classes(
             "(its rows are the classes); give it 0 or leave it out"
         )
     return {**rate_scale, out: 0.0}
+
+
+def check_prune(
+    model: nn.Module,
+    *,
+    rate: float,
+    scope: str,
+    granularity: str,
+    rate_scale: dict[str, float],
+    names: list[str] | None = None,
+) -> None:
+    """One dry prune of `model`'s magnitudes with these settings, so what the network cannot
+    take (an N:M pattern that a layer's width does not divide, a rate for a missing tensor) is
+    refused before a command writes anything, not at the first pruning after training."""
+    from lottery.pruning.masks import Mask, MaskError, prune
+
+    mask = Mask.ones(model, names)
+    params = dict(model.named_parameters())
+    scores = {n: params[n].detach().abs() for n in mask.names()}
+    try:
+        prune(
+            mask, scores, sparsity=rate, scope=scope, granularity=granularity, rate_scale=rate_scale
+        )
+    except MaskError as e:
+        raise ConfigError(str(e)) from None

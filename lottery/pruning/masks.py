@@ -577,16 +577,27 @@ def _npz_bytes(header: dict, arrays: dict[str, np.ndarray]) -> bytes:
 def _read_npz(path: str | Path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     try:
+        with path.open("rb") as f:
+            archive = f.read(4) == b"PK\x03\x04"  # what np.savez writes
+    except FileNotFoundError:
+        raise MaskError(f"{path} does not exist") from None
+    except OSError as e:
+        raise MaskError(f"cannot read {path}: {e.strerror or e}") from None
+    if not archive:
+        raise MaskError(f"{path} is not a {fmt} file (lottery writes those as .npz archives)")
+    try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         header = json.loads(arrays.pop("header").tobytes())
-    except FileNotFoundError:
-        raise MaskError(f"{path} does not exist") from None
     except Exception as e:
-        raise MaskError(
-            f"cannot read {path}: truncated, corrupt or not a {fmt} file ({e}). If lottery wrote "
-            f"it, remove the run folder {path.parent} and rerun the command to redo it exactly"
-        ) from e
+        run = path.parent
+        redo = (
+            f". It belongs to a run: remove the run folder {run} and rerun the command to redo "
+            "it exactly"
+            if (run / "config.json").exists()
+            else ""
+        )
+        raise MaskError(f"cannot read {path}: truncated or corrupt {fmt} file ({e}){redo}") from e
     if header.get("format") != fmt:
         raise MaskError(f"{path} is not a {fmt} file (format {header.get('format')!r})")
     return header, arrays

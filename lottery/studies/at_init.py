@@ -34,7 +34,7 @@ from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.core.storage import provenance, read_json, write_bytes_atomic, write_json
 from lottery.datasets import Splits
-from lottery.pruning.checks import keep_classes
+from lottery.pruning.checks import check_prune, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
     SCOPES,
@@ -124,14 +124,13 @@ def run_at_init(
     model = make_model(cfg, data)
     rate_scale = keep_classes(settings.rate_scale, model, settings.granularity)
     settings = dataclasses.replace(settings, rate_scale=rate_scale)
-    prune(
-        Mask.ones(model),
-        {n: p.detach().abs() for n, p in model.named_parameters()},
-        sparsity=max(settings.sparsities),
+    check_prune(
+        model,
+        rate=max(settings.sparsities),
         scope=settings.scope,
         granularity=settings.granularity,
         rate_scale=settings.rate_scale,
-    )  # a dry run: a layer N:M cannot apply to, or a rate for a missing layer, fails here
+    )
     Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
     with hold(out):  # one writer per study folder, taken once everything is validated
         summaries = _study(cfgs, outs, data, settings, progress)

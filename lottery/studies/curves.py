@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import math
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,8 +33,10 @@ from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
     SCOPES,
     Mask,
+    MaskError,
     baked_state_dict,
     check_granularity,
+    check_rate,
     load_sparse,
     prune,
     save_sparse,
@@ -244,9 +247,21 @@ def trained_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, torch.Tenso
     raise ConfigError(f"{run} has no final weights (checkpoints/final.pt or weights.npz)")
 
 
-def check_methods(names: list[str], norm: float = 2.0, prune_output: bool = False) -> None:
-    """Refuse an unknown method, or one that would prune the output layer's rows (its classes),
-    before any work."""
+def check_curve(
+    names: list[str],
+    sparsities: tuple[float, ...] = SPARSITIES,
+    norm: float = 2.0,
+    prune_output: bool = False,
+) -> None:
+    """Refuse, before any work, an unknown method, a sparsity outside [0, 1), a norm that is not
+    positive, or a method that would prune the output layer's rows (its classes)."""
+    if not (math.isfinite(norm) and norm > 0):
+        raise ConfigError(f"--norm must be a finite number > 0, got {norm}")
+    try:
+        for s in sparsities:
+            check_rate(s, "sparsity")
+    except MaskError as e:
+        raise ConfigError(str(e)) from None
     for name in names:
         if resolve_method(name, norm).granularity == "filter" and prune_output:
             raise ConfigError(
@@ -274,7 +289,7 @@ def run_curve(
     dense network trained with `cfg` in out/dense.
     """
     out = Path(out)
-    check_methods([*(names or []), size_method], norm, prune_output)
+    check_curve([*(names or []), size_method], sparsities, norm, prune_output)
     if source is None:
         source = out / "dense"
         train_dense(cfg, [], source, progress=progress)

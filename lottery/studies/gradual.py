@@ -22,7 +22,7 @@ from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint
 from lottery.datasets import Splits
 from lottery.models.registry import conv_weight_names
-from lottery.pruning.checks import check_rate_scale, keep_classes
+from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import GradualPruner, run_length
@@ -87,6 +87,14 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
             raise ConfigError(f"layers='conv' leaves {outside[0]!r} dense; drop its rate scale")
         mask, layers = Mask.ones(model, names), {"layers": "conv"}
         rate_scale = settings.rate_scale
+    check_prune(
+        model,
+        rate=top,
+        scope=settings.scope,
+        granularity=settings.granularity,
+        rate_scale=rate_scale,
+        names=mask.names() if mask is not None else None,
+    )
     total, per_epoch = run_length(run.cfg, data)
     pruner = GradualPruner(
         run.schedule,

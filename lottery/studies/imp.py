@@ -27,7 +27,7 @@ from lottery.core.device import resolve_device
 from lottery.core.storage import provenance, read_json, write_json
 from lottery.datasets import Splits
 from lottery.models.registry import output_layer_name, prunable_names
-from lottery.pruning.checks import check_rate_scale, keep_classes
+from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import CRITERIA, Context, check, score, training_batches
 from lottery.pruning.masks import (
     Mask,
@@ -122,6 +122,15 @@ class IMPConfig:
             math.isfinite(self.finetune_lr) and self.finetune_lr > 0
         ):
             raise ConfigError(f"--finetune-lr must be a finite number > 0, got {self.finetune_lr}")
+        if self.finetune_lr is not None and self.reset != "finetune":
+            raise ConfigError(
+                f"--finetune-lr applies to --reset finetune, not --reset {self.reset}"
+            )
+        if self.control_rounds and not self.controls:
+            raise ConfigError("--control-rounds needs --controls (which controls to train)")
+        late = [r for r in self.control_rounds if r > self.rounds]
+        if late:
+            raise ConfigError(f"--control-rounds {late} lie beyond --rounds {self.rounds}")
 
 
 def imp_defaults(model_name: str, model) -> dict[str, Any]:
@@ -191,6 +200,13 @@ def validate_search(
     nothing; returns the settings with the model's paper defaults filled in."""
     imp = _resolved(imp, cfgs[0].model, model)
     check_rate_scale(imp.rate_scale or {}, model, imp.fraction)
+    check_prune(
+        model,
+        rate=imp.fraction,
+        scope=imp.scope,
+        granularity=imp.granularity,
+        rate_scale=imp.rate_scale or {},
+    )
     total, _ = run_length(cfgs[0], data)
     if imp.rewind_step > total:
         raise ConfigError(

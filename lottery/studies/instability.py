@@ -30,7 +30,8 @@ from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets import Splits
-from lottery.pruning.masks import Mask
+from lottery.pruning.masks import Mask, MaskError
+from lottery.pruning.pruner import run_length
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
 from lottery.training.run import StartState
 from lottery.training.setup import load_data, make_model
@@ -253,6 +254,16 @@ def instability_sweep(
         one = len(seeds) == 2 and all(isinstance(s, int | np.integer) for s in seeds)
         pairs = check_pairs([seeds] if one else seeds, cfg.data_seed)
     dense_dir = Path(dense) if dense is not None else out / "dense"
+    data = load_data(cfg)
+    total, _ = run_length(cfg, data)
+    outside = [k for k in steps if not 0 <= k <= total]
+    if outside:
+        raise ConfigError(f"start steps {outside} lie outside training (steps 0 to {total})")
+    if mask is not None:
+        try:
+            mask.check_fits(make_model(cfg, data))
+        except MaskError as e:
+            raise ConfigError(f"the mask does not fit {cfg.model}: {e}") from None
     settings = {
         "config": cfg.fingerprint(*NON_RESULT_FIELDS),
         "mask": mask_digest(mask) if mask is not None else None,
@@ -260,7 +271,6 @@ def instability_sweep(
         "points": points,
     }
     _claim(out, settings)
-    data = load_data(cfg)
     if dense is None:
         train_dense(cfg, steps, dense_dir, data, progress)
     elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != settings["config"]:

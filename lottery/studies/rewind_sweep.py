@@ -50,6 +50,18 @@ def train_dense(
     return trainer.fit()
 
 
+def check_rewind_steps(steps: list[int]) -> list[int]:
+    """The rewind steps in order: at least one, none negative, none named twice."""
+    if not steps:
+        raise ConfigError("give at least one rewind step")
+    twice = sorted({k for k in steps if steps.count(k) > 1})
+    if twice:
+        raise ConfigError(f"--rewind-steps names step(s) {twice} twice")
+    if min(steps) < 0:
+        raise ConfigError(f"rewind steps must be >= 0, got {min(steps)}")
+    return sorted(steps)
+
+
 def rewind_sweep(
     cfg: TrainConfig, imp: IMPConfig, steps: list[int], out: str | Path, progress: bool = True
 ) -> dict:
@@ -63,9 +75,7 @@ def rewind_sweep(
     pairwise overlap of the rewind points' masks against the chance baseline.
     """
     out = Path(out)
-    steps = sorted(set(steps))
-    if not steps:
-        raise ConfigError("give at least one rewind step")
+    steps = check_rewind_steps(steps)
     dense = out / "dense"
     train_dense(cfg, steps, dense, progress=progress)
     outs = [layout.rewind_dir(out, k) for k in steps]

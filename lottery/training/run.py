@@ -10,6 +10,7 @@ would have done. In a data-parallel run rank 0 alone writes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,24 @@ class Tally:
     seconds: float = 0.0
 
 
+def check_schedule_fits(cfg: TrainConfig, total: int) -> None:
+    """LR milestones (in steps) and warm-up must fall within training, or they never happen."""
+    late = [m for m in cfg.milestones if m >= 1 and m > total]
+    if late:
+        raise ConfigError(f"LR milestones {late} lie beyond the end of training ({total} steps)")
+    if cfg.warmup_steps > total:
+        raise ConfigError(
+            f"--warmup-steps {cfg.warmup_steps} is longer than training ({total} steps)"
+        )
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads at most the CPU cores of this machine (torch crashes at absurd counts)."""
+    cores = os.cpu_count() or 1
+    if threads is not None and threads > cores:
+        raise ConfigError(f"--threads {threads} exceeds the {cores} CPU cores of this machine")
+
+
 def recorded_threads(run_dir: Path) -> int | None:
     """The CPU thread count a run's config.json records, if the run was started."""
     path = run_dir / layout.CONFIG
@@ -134,6 +153,8 @@ class Run:
             raise ConfigError(
                 f"checkpoint steps {late} lie beyond the end of training ({self.total} steps)"
             )
+        check_schedule_fits(self.cfg, self.total)
+        check_threads(self.cfg.threads)
         self.model = place(spec.model, self.cfg, device)
         self.mask = spec.mask.to(device) if spec.mask is not None else None
         if self.mask is not None:
@@ -142,9 +163,16 @@ class Run:
         self.device = device
         # --threads, else the count this run started with (so a resumed run continues exactly),
         # else one chosen from the network's size and the machine
+        recorded = recorded_threads(self.dir)
+        if recorded and self.cfg.threads not in (None, recorded) and not self.finished():
+            raise ConfigError(
+                f"{self.dir} started training with {recorded} CPU threads; resuming it with "
+                f"--threads {self.cfg.threads} would change its results (omit --threads or pass "
+                f"--threads {recorded})"
+            )
         self.threads = (
             self.cfg.threads
-            or recorded_threads(self.dir)
+            or recorded
             or default_threads(spec.model, data.input_shape, self.cfg.batch_size)
         )
         self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ def hold(out: str | Path, command: str | None = None) -> Iterator[Path]:
         finally:
             _held[key][1] -= 1
         return
+    check_tree_free(key)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     f = open(out / layout.LOCK, "a+")  # noqa: SIM115 - held open as long as the lock
     try:
@@ -83,10 +86,46 @@ def hold(out: str | Path, command: str | None = None) -> Iterator[Path]:
         clean_leftovers(out)
         try:
             yield out
+        except BaseException:
+            if created and [p.name for p in out.iterdir()] == [layout.LOCK]:
+                shutil.rmtree(out)  # refused before writing: leave no folder behind
+            raise
         finally:
             del _held[key]
     finally:
         f.close()  # releases the lock
+
+
+def check_tree_free(folder: Path) -> None:
+    """Refuse to write `folder` while another process holds a folder above it (a multi-seed
+    search writing its seed folders) or inside it: one writer per folder tree."""
+    above = [p / layout.LOCK for p in folder.parents]
+    below = folder.rglob(layout.LOCK) if folder.is_dir() else []
+    for lock in [*above, *below]:
+        if lock.parent in _held or lock.parent == folder or not lock.is_file():
+            continue
+        holder = _holder(lock)
+        if holder is not None:
+            raise FolderInUseError(
+                f"{folder} lies {'inside' if lock in above else 'around'} {lock.parent}, which is "
+                f"being written by {holder}; wait for it to finish or use another --out"
+            )
+
+
+def _holder(lock: Path) -> str | None:
+    """Who holds `lock` (its recorded pid, host and command), or None when nobody does."""
+    try:
+        with lock.open("r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    raise
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return None
+    except FileNotFoundError:
+        return None
 
 
 def _command() -> str:

@@ -78,3 +78,14 @@ def test_a_prune_runs_schedules_figure_draws_the_schedule_itself(tmp_path):
     assert rows[-1]["density"] == 1 - log[-1]["sparsity"]
     fig = plots.schedules({"run": rows})
     assert len(fig.axes[0].lines[0].get_xdata()) == 61  # drawn at every step, not 3 evaluations
+
+
+def test_report_of_a_search_stopped_in_round_0_says_what_exists(tmp_path, capsys):
+    out = tmp_path / "search"
+    argv = ["imp", "--model", "lenet_32", "--dataset", "synthetic", "--steps", "10"]
+    argv += ["--batch-size", "16", "--device", "cpu", "--rounds", "1", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "summary.json").unlink()  # as if killed before round 0 finished
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No round has finished yet (started: round_00, round_01)" in md

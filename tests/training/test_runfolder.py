@@ -328,6 +328,30 @@ def test_a_second_writer_is_refused_and_a_killed_holders_lock_is_taken_over(tmp_
     assert f"pid {os.getpid()}" in (out / layout.LOCK).read_text()
 
 
+@pytest.mark.parametrize("held", ["parent", "child"])
+def test_one_writer_per_folder_tree(tmp_path, capsys, held):
+    """A multi-seed search writing X and a search on X/seed_0 must not run together, whichever
+    starts first; a dead holder's lock, or this process's own, does not block."""
+    parent, child = tmp_path / "X", tmp_path / "X" / "seed_0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from lottery.training.runfolder import hold\n"
+         "with hold(sys.argv[1], 'the holder'):\n print('held', flush=True); time.sleep(120)",
+         str(parent if held == "parent" else child)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    other = child if held == "parent" else parent
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderInUseError, match=f"pid {holder.pid}"), hold(other):
+            pass
+        refused(["train", *FM, "--steps", "10", "--out", str(other)], capsys, f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold(parent), hold(child):  # nested in one process: allowed
+        pass
+
+
 # -- 5. nothing left behind --------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats, show_progress
-from lottery.studies.curves import SPARSITIES, check_methods, methods, run_curve
+from lottery.studies.curves import SPARSITIES, check_curve, methods, run_curve
 from lottery.training.runfolder import check_writable, hold
 from lottery.training.setup import load_data
 
@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     names = args.methods
     if args.criterion or args.granularity or args.scope:
         names = [*(names or []), *grid(args.criterion, args.granularity, args.scope)]
-    check_methods([*(names or []), args.size_method], args.norm, args.prune_output)
+    check_curve(
+        [*(names or []), args.size_method], tuple(args.sparsities), args.norm, args.prune_output
+    )
     check_writable(args.out, "--out")
     if args.download:
         load_data(cfg, download=True)

@@ -18,6 +18,7 @@ from lottery.studies.export import (
     save_export,
     stored_numbers,
 )
+from lottery.training.runfolder import check_writable
 from lottery.training.setup import load_data, load_run
 from lottery.training.stacked import evaluate
 
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         check_semi_structured_device(device)
     if args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the export file's path")
+    check_writable(args.out, "--out", folder=False)
     loaded = load_run(args.run_dir, device)
     arch = architecture(loaded.record)
     exported = export(args.route, loaded.model, loaded.mask, arch)

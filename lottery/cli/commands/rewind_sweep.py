@@ -10,7 +10,7 @@ from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_i
 from lottery.core import layout
 from lottery.core.config import TrainConfig
 from lottery.studies.imp import IMPConfig, validate_search
-from lottery.studies.rewind_sweep import rewind_sweep
+from lottery.studies.rewind_sweep import check_rewind_steps, rewind_sweep
 from lottery.training.runfolder import check_writable, hold
 from lottery.training.setup import load_data, make_model
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)
-    for k in sorted(set(args.rewind_steps)):  # every point's settings, before the dense run
+    for k in check_rewind_steps(list(args.rewind_steps)):  # every point, before the dense run
         point = dataclasses.replace(imp, rewind_step=k)
         validate_search([cfg], point, [layout.rewind_dir(args.out, k)], data, model)
     with hold(args.out):

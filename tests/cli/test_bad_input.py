@@ -1,0 +1,141 @@
+"""Bad input over every command: one line naming the problem, exit status 2, and nothing written,
+so the corrected command runs in the same --out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lottery.cli.main import main
+
+RUN = ["--model", "lenet_32", "--dataset", "synthetic", "--steps", "20", "--batch-size", "16"]
+RUN += ["--device", "cpu"]
+PRUNE = ["--schedule", "agp", "--final-sparsity", "0.5"]
+
+CASES = {
+    "imp N:M a layer cannot take": (
+        ["imp", *RUN, "--granularity", "3:7"], "not a multiple of 7"),
+    "prune N:M a layer cannot take": (
+        ["prune", *RUN, *PRUNE, "--granularity", "3:7"], "not a multiple of 7"),
+    "rewind-sweep N:M a layer cannot take": (
+        ["rewind-sweep", *RUN, "--rewind-steps", "0,5", "--granularity", "3:7"],
+        "not a multiple of 7"),
+    "curve sparsity above 1": (["curve", *RUN, "--sparsities", "1.5"], "sparsity must be in"),
+    "curve unknown method": (["curve", *RUN, "--methods", "nosuch"], "unknown pruning method"),
+    "curve negative norm": (["curve", *RUN, "--norm", "-1"], "--norm must be a finite number"),
+    "rewind-sweep no step": (
+        ["rewind-sweep", *RUN, "--rewind-steps", ","], "at least one rewind step"),
+    "rewind-sweep a step twice": (
+        ["rewind-sweep", *RUN, "--rewind-steps", "5,5"], "names step(s) [5] twice"),
+    "instability step beyond training": (
+        ["instability", *RUN, "--start-steps", "99999"], "lie outside training"),
+    "instability negative step": (
+        ["instability", *RUN, "--start-steps", "-1"], "lie outside training"),
+    "instability too few points": (
+        ["instability", *RUN, "--start-steps", "5", "--points", "3"], "at least 11 points"),
+    "threads beyond the machine": (["train", *RUN, "--threads", "100000"], "CPU cores"),
+    "LR milestone beyond training": (
+        ["train", *RUN, "--lr-schedule", "step", "--milestones", "500"],
+        "milestones [500.0] lie beyond"),
+    "warm-up longer than training": (
+        ["train", *RUN, "--warmup-steps", "500"], "--warmup-steps 500 is longer"),
+    "control rounds beyond rounds": (
+        ["imp", *RUN, "--controls", "random-reinit", "--control-rounds", "3", "--rounds", "2"],
+        "--control-rounds [3] lie beyond --rounds 2"),
+    "control rounds without controls": (
+        ["imp", *RUN, "--control-rounds", "1"], "--control-rounds needs --controls"),
+    "finetune LR without finetuning": (
+        ["imp", *RUN, "--finetune-lr", "0.1"], "--finetune-lr applies to --reset finetune"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys):
+    argv, message = CASES[case]
+    out = tmp_path / "out"
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)), "{}".encode("utf-16")])
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path, capsys, content):
+    path = tmp_path / "settings.json"
+    path.write_bytes(content)
+    out = tmp_path / "out"
+    assert main(["train", *RUN, "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a UTF-8 text file" in err
+    assert not out.exists()
+
+
+def test_resuming_with_another_thread_count_is_refused_and_the_recorded_one_works(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *RUN, "--checkpoint-every", "5", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "config.json").read_text())
+    assert record["threads"] == 1  # the default for a tiny network
+    record["threads"] = 2  # as if started on a machine that chose 2, then killed after step 20
+    (out / "config.json").write_text(json.dumps(record))
+    (out / "result.json").unlink()
+    assert main([*argv, "--threads", "1"]) == 2
+    assert "started training with 2 CPU threads" in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text()) == record
+    assert main(argv) == 0  # no --threads: the recorded count
+
+
+def test_a_file_that_is_not_a_mask_says_so_and_gives_no_folder_advice(tmp_path, capsys):
+    from lottery.pruning.masks import MASK_FORMAT, Mask, MaskError
+
+    noise = tmp_path / "masks" / "noise.npz"
+    noise.parent.mkdir()
+    noise.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(MaskError) as e:
+        Mask.load(noise)
+    message = str(e.value)
+    assert f"{noise} is not a {MASK_FORMAT} file" in message
+    assert "pickle" not in message and "remove" not in message
+    assert main(["train", *RUN, "--mask", str(noise), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{noise} is not a" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_into_a_path_under_a_file_is_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *RUN, "--out", str(run), "--no-progress"]) == 0
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["export", str(run), "--as", "dense", "--out", str(afile / "e.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file, not a folder" in err
+
+
+def test_an_unreadable_record_is_named_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *RUN, "--out", str(run), "--no-progress"]) == 0
+    (run / "metrics.jsonl").write_bytes(b"\xff\xfe" + bytes(range(128, 256)))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read {run / 'metrics.jsonl'}" in err
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"nesterov": "yes"}, "nesterov must be true or false, got 'yes'"),
+        ({"batch_size": True}, "batch_size must be a whole number, got True"),
+        ({"steps": 2.5}, "steps must be a whole number, got 2.5"),
+    ],
+)
+def test_a_config_setting_of_the_wrong_kind_is_named(tmp_path, capsys, settings, message):
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(settings))
+    out = tmp_path / "out"
+    argv = ["train", "--model", "lenet_32", "--dataset", "synthetic", "--device", "cpu"]
+    assert main([*argv, "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--config {path}: {message}" in err
+    assert not out.exists()
