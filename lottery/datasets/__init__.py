@@ -5,8 +5,10 @@ A new dataset is one module defining its DatasetSpec plus one line in REGISTRY.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -49,8 +51,8 @@ class Splits:
     augment: bool
 
     def to(self, device: str | torch.device) -> Splits:
-        """A copy with every tensor moved to `device`."""
-        return replace(
+        """A copy with every tensor moved to `device` (its digest, once computed, travels along)."""
+        moved = replace(
             self,
             train_x=self.train_x.to(device),
             train_y=self.train_y.to(device),
@@ -59,6 +61,18 @@ class Splits:
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
         )
+        if "digest" in self.__dict__:
+            moved.__dict__["digest"] = self.digest
+        return moved
+
+    @cached_property
+    def digest(self) -> str:
+        """A short hash of every example and label as loaded (after the split and normalisation),
+        so a run or search resumed on changed data (a modified --data-root) is refused."""
+        h = hashlib.sha256()
+        for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
+            h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
+        return h.hexdigest()[:16]
 
     def describe(self) -> dict:
         """JSON-able summary for run metadata."""

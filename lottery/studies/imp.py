@@ -216,7 +216,7 @@ def validate_search(
     if late:
         raise ConfigError(f"--save-at steps {late} lie beyond the end of training ({total} steps)")
     for cfg, out in zip(cfgs, outs, strict=True):
-        _check_record(out, cfg, imp)
+        _check_record(out, cfg, imp, data.digest)
     return imp
 
 
@@ -250,7 +250,7 @@ def _loop(
     ks = [imp.rewind_step if imp.reset != "init" else 0 for imp in imps]
     recorded = [_recorded_rounds(out) for out in outs]
     for cfg, imp, out in zip(cfgs, imps, outs, strict=True):
-        _write_record(out, cfg, imp)
+        _write_record(out, cfg, imp, data.digest)
 
     # Round 0: the dense network, saving θ0 and θk once for every later round.
     dense = [
@@ -511,12 +511,18 @@ def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
     ).hexdigest()[:16]
 
 
-def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
-    """Refuse a folder whose imp.json records another search, naming the settings that differ."""
+def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig, digest: str) -> None:
+    """Refuse a folder whose imp.json records another search, naming the settings that differ,
+    or the same search on other data (`Splits.digest`; searches recorded without one pass)."""
     path = out / layout.IMP_RECORD
     if not path.exists():
         return
     old = read_json(path)
+    if old.get("data_digest") not in (None, digest):
+        raise ConfigError(
+            f"{out} holds an IMP search started on other data (digest {old['data_digest']}, now "
+            f"{digest}): the dataset files or --data-root changed; restore them or use a new --out"
+        )
     if old.get("fingerprint") == _search_fingerprint(cfg, imp):
         return
 
@@ -534,9 +540,10 @@ def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
     )
 
 
-def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
-    """imp.json: the search's full configuration, written when new or when --rounds grows."""
-    _check_record(out, cfg, imp)
+def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig, digest: str) -> None:
+    """imp.json: the search's full configuration and its data's digest, written when new or when
+    --rounds grows."""
+    _check_record(out, cfg, imp, digest)
     path = out / layout.IMP_RECORD
     if path.exists() and read_json(path)["imp"]["rounds"] >= imp.rounds:
         return
@@ -547,6 +554,7 @@ def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig) -> None:
                 "train": cfg.to_dict(),
                 "imp": _settings(imp),
                 "fingerprint": fingerprint,
+                "data_digest": digest,
                 **provenance(),
             },
             path,

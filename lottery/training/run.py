@@ -121,6 +121,18 @@ def check_threads(threads: int | None) -> None:
         raise ConfigError(f"--threads {threads} exceeds the {cores} CPU cores of this machine")
 
 
+def check_same_data(run_dir: Path, digest: str, finished: bool) -> None:
+    """Refuse to resume a run on other data than it started with (a finished run only reads
+    its records back). Runs recorded before the digest existed are not checked."""
+    path = run_dir / layout.CONFIG
+    recorded = storage.read_json(path).get("data_digest") if path.exists() else None
+    if recorded not in (None, digest) and not finished:
+        raise ConfigError(
+            f"{run_dir} started on other data (digest {recorded}, now {digest}): the dataset "
+            "files or --data-root changed; restore them or use a new --out"
+        )
+
+
 def recorded_threads(run_dir: Path) -> int | None:
     """The CPU thread count a run's config.json records, if the run was started."""
     path = run_dir / layout.CONFIG
@@ -160,9 +172,11 @@ class Run:
         if self.mask is not None:
             self.mask.check_fits(self.model)
         self.data_description = data.describe()
+        self.data_digest = data.digest
         self.device = device
         # --threads, else the count this run started with (so a resumed run continues exactly),
         # else one chosen from the network's size and the machine
+        check_same_data(self.dir, data.digest, self.finished())
         recorded = recorded_threads(self.dir)
         if recorded and self.cfg.threads not in (None, recorded) and not self.finished():
             raise ConfigError(
@@ -212,6 +226,7 @@ class Run:
                 "device": str(self.device),
                 "world_size": distributed.world_size(),
                 "threads": self.threads,
+                "data_digest": self.data_digest,
                 "fingerprint": self.fingerprint,
                 "mask_digest": self.identity.mask_digest,
                 **self.record,

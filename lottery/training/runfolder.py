@@ -231,9 +231,13 @@ def describe_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 # -- where to write -------------------------------------------------------------------------
 
 
-def check_writable(path: str | Path, flag: str, folder: bool = True) -> None:
+def check_writable(
+    path: str | Path, flag: str, folder: bool = True, kinds: tuple[str, ...] = ()
+) -> None:
     """Refuse, before anything is written, a `flag` path that names a file where a folder belongs
-    (or the reverse), lies under a file, or sits in a folder this user cannot write."""
+    (or the reverse), lies under a file, or sits in a folder this user cannot write; with `kinds`
+    (`layout.kind` names), a folder that already holds results of another kind (a training run
+    where a search would go), so two commands never mix their records in one folder."""
     path = Path(path)
     if path.exists():
         if folder and not path.is_dir():
@@ -247,3 +251,8 @@ def check_writable(path: str | Path, flag: str, folder: bool = True) -> None:
         raise ConfigError(f"{flag} {path}: {probe} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(f"{flag} {path}: cannot write in {probe} (permission denied)")
+    found = layout.kind(path) if folder and path.is_dir() else None
+    if kinds and found is not None and found not in kinds:
+        raise ConfigError(
+            f"{flag} {path} already holds results of another kind ({found}); use another {flag}"
+        )

@@ -139,3 +139,60 @@ def test_a_config_setting_of_the_wrong_kind_is_named(tmp_path, capsys, settings,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--config {path}: {message}" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        ["imp", *RUN, "--rounds", "1"],
+        ["at-init", *RUN, "--criterion", "magnitude", "--sparsities", "0.5"],
+        ["curve", *RUN, "--sparsities", "0.5"],
+    ],
+    ids=["imp", "at-init", "curve"],
+)
+def test_a_folder_holding_a_training_run_refuses_another_kind_of_results(tmp_path, capsys, second):
+    out = tmp_path / "out"
+    assert main(["train", *RUN, "--out", str(out), "--no-progress"]) == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main([*second, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds results of another kind (run)" in err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_a_search_resumed_on_changed_data_is_refused(tmp_path, capsys):
+    """A modified copy under --data-root between rounds: the search names the change instead of
+    mixing rounds trained on two datasets."""
+    from tests.datasets.test_datasets import fake_idx_dataset
+
+    root = tmp_path / "data"
+    fake_idx_dataset(root / "mnist")
+    out = tmp_path / "search"
+    argv = ["imp", "--model", "lenet_32", "--dataset", "mnist", "--data-root", str(root)]
+    argv += ["--val-size", "40", "--steps", "10", "--batch-size", "16", "--device", "cpu"]
+    argv += ["--out", str(out), "--no-progress"]
+    assert main([*argv, "--rounds", "1"]) == 0
+    record = json.loads((out / "imp.json").read_text())
+    fake_idx_dataset(root / "mnist", n_train=210)  # the training files changed
+    assert main([*argv, "--rounds", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "started on other data" in err
+    assert json.loads((out / "imp.json").read_text()) == record
+    assert not (out / "round_02").exists()
+
+
+def test_a_run_resumed_on_changed_data_is_refused(tmp_path, capsys):
+    from tests.datasets.test_datasets import fake_idx_dataset
+
+    root = tmp_path / "data"
+    fake_idx_dataset(root / "mnist")
+    out = tmp_path / "run"
+    argv = ["train", "--model", "lenet_32", "--dataset", "mnist", "--data-root", str(root)]
+    argv += ["--val-size", "40", "--steps", "10", "--batch-size", "16", "--device", "cpu"]
+    argv += ["--checkpoint-every", "5", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    assert len(json.loads((out / "config.json").read_text())["data_digest"]) == 16
+    (out / "result.json").unlink()  # as if killed after its last checkpoint
+    fake_idx_dataset(root / "mnist", n_train=210)
+    assert main(argv) == 2
+    assert "started on other data" in capsys.readouterr().err

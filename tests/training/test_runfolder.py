@@ -344,7 +344,8 @@ def test_one_writer_per_folder_tree(tmp_path, capsys, held):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(FolderInUseError, match=f"pid {holder.pid}"), hold(other):
             pass
-        refused(["train", *FM, "--steps", "10", "--out", str(other)], capsys, f"pid {holder.pid}")
+        argv = ["imp", *FM, "--steps", "10", "--rounds", "1", "--out", str(other)]
+        refused(argv, capsys, f"pid {holder.pid}")
     finally:
         holder.kill()
         holder.wait()

@@ -71,7 +71,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("at-init", "seeds"))
     controls = () if args.controls == ("none",) else args.controls
     settings = AtInitConfig(
         criterion=args.criterion,

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     check_curve(
         [*(names or []), args.size_method], tuple(args.sparsities), args.norm, args.prune_output
     )
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("curve",))
     if args.download:
         load_data(cfg, download=True)
     with hold(args.out):

@@ -100,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("search", "seeds"))
     if args.download:
         load_data(cfg, download=True)
     imp = IMPConfig(

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         pairs = default_pairs(cfg.data_seed, 1 if args.pairs is None else args.pairs)
     if args.download:
         load_data(cfg, download=True)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("instability",))
     mask = load_mask(args.mask) if args.mask is not None else None
     with hold(args.out):
         result = instability_sweep(

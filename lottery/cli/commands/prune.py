@@ -83,7 +83,7 @@ def parse_every(text: str, steps_per_epoch: int) -> int:
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     (schedule,) = schedules_from_args([args.schedule], args)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("run", "seeds"))
     data = load_data(cfg, download=args.download)
     settings = PruningSettings(
         every=parse_every(args.update_every, run_length(cfg, data)[1]),

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("sweep",))
     imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)

@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", kinds=("run",))
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)
     mask = Mask.load(args.mask, model) if args.mask else None
