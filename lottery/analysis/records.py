@@ -107,12 +107,12 @@ def schedule_rows(run: str | Path) -> list[dict]:
     steps plus every mask update and the step before it), computed from its config.json and
     pruning.jsonl rather than sampled at evaluations, so a one-cycle LR is drawn smooth and every
     mask update shows as its own drop. Rows: step, lr, density (a fraction)."""
-    from lottery.core.config import TrainConfig
     from lottery.core.optim import lr_factor
+    from lottery.training.runfolder import recorded_config
 
     run = Path(run)
     record = read_json(run / layout.CONFIG)
-    cfg, total = TrainConfig.from_dict(record["config"]), int(record["total_steps"])
+    cfg, total = recorded_config(run), int(record["total_steps"])
     factor = lr_factor(cfg, total)
     log = run / layout.PRUNING_LOG
     updates = [(u["step"], 1.0 - u["sparsity"]) for u in read_jsonl(log)] if log.exists() else []

@@ -42,8 +42,11 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     so colleagues sharing an output folder can read the records.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a full disk or a read-only folder: say where
+        raise OSError(e.errno, f"{e.strerror or e} (writing {path})") from e
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
@@ -51,8 +54,10 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"{e.strerror or e} (writing {path})") from e
         raise
 
 

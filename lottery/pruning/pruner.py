@@ -100,6 +100,8 @@ class GradualPruner:
             raise ConfigError(str(e)) from None
         a, b = self.schedule.window_steps(self.total_steps, self.steps_per_epoch)
         self.update_steps = {0, *range(a, b, self.every), b}
+        for step in sorted(self.update_steps):  # a custom schedule's bad value, before training
+            self.target(step)
 
     def warnings(self) -> list[str]:
         """What makes the schedule other than it looks: a smooth schedule reached in fewer than

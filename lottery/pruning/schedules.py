@@ -178,7 +178,12 @@ class Schedule:
     def value(self, p: float) -> float:
         """Target sparsity at progress p of the window (clipped to [0, 1])."""
         s_i, s_f = self.initial_sparsity, self.final_sparsity
-        v = float(self.fn(min(1.0, max(0.0, p)), s_i, s_f, **self.params))
+        out = self.fn(min(1.0, max(0.0, p)), s_i, s_f, **self.params)
+        if isinstance(out, bool) or not isinstance(out, int | float):
+            raise ConfigError(
+                f"schedule {self.name!r} returned {out!r} at progress {p}, not a number"
+            )
+        v = float(out)
         if not s_i - 1e-9 <= v <= s_f + 1e-9:
             raise ConfigError(
                 f"schedule {self.name!r} gave sparsity {v} at progress {p}, "

@@ -25,7 +25,7 @@ from torch import nn
 
 from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.storage import load_checkpoint, read_json, write_json
+from lottery.core.storage import load_checkpoint, write_json
 from lottery.datasets import Splits
 from lottery.models.registry import output_layer_name
 from lottery.pruning.checks import keep_classes
@@ -42,6 +42,7 @@ from lottery.pruning.masks import (
     save_sparse,
 )
 from lottery.studies.rewind_sweep import train_dense
+from lottery.training.runfolder import recorded_config
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 
@@ -238,7 +239,7 @@ def trained_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, torch.Tenso
         run = layout.ticket_dir(run, 0)
     if not layout.is_run(run):
         raise ConfigError(f"{run_dir} is not a training run directory (no config.json)")
-    cfg = TrainConfig.from_dict(read_json(run / layout.CONFIG)["config"])
+    cfg = recorded_config(run)
     final = layout.checkpoint_dir(run) / layout.FINAL
     if final.exists():
         return cfg, load_checkpoint(final)["model"]

@@ -25,7 +25,7 @@ from lottery.core.device import check_fast_path, default_threads, place
 from lottery.datasets import Splits
 from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
-from lottery.training.runfolder import check_identity, run_identity
+from lottery.training.runfolder import check_identity, run_identity, settings_digest
 from lottery.training.tracking import TensorBoardTracker, evaluation_scalars
 
 
@@ -219,6 +219,7 @@ class Run:
         storage.write_json(
             {
                 "config": self.cfg.to_dict(),
+                "config_digest": settings_digest(self.cfg.to_dict()),
                 "total_steps": self.total,
                 "steps_per_epoch": self.per_epoch,
                 "data": self.data_description,

@@ -183,12 +183,23 @@ def run_fingerprint(cfg: TrainConfig, mask: Mask | None) -> str:
     return hashlib.sha256(json.dumps([base, mask.digest()]).encode()).hexdigest()[:16]
 
 
+def settings_digest(config: Any) -> str:
+    """A short hash of a recorded configuration exactly as written, to notice a hand edit."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def check_identity(run_dir: str | Path, identity: RunIdentity) -> None:
     """Refuse a folder whose config.json records another run, naming the settings that differ."""
     path = Path(run_dir) / layout.CONFIG
     if not path.exists():
         return
     old = read_json(path)
+    if "config_digest" in old and old["config_digest"] != settings_digest(old.get("config")):
+        raise ConfigError(
+            f"{path} was changed by hand after the run recorded it, and a run's settings are never "
+            f"read back from there: restore the file, or train the settings you want in a new "
+            f"--out (--config {path} reads them)"
+        )
     if old.get("fingerprint") == identity.fingerprint:
         return
     recorded = {k: v for k, v in old.get("config", {}).items() if k not in NON_RESULT_FIELDS}
@@ -256,3 +267,14 @@ def check_writable(
         raise ConfigError(
             f"{flag} {path} already holds results of another kind ({found}); use another {flag}"
         )
+
+
+def recorded_config(run_dir: str | Path) -> TrainConfig:
+    """The settings a run's config.json records, or one line naming the file and what is wrong
+    (a hand-edited key that is no setting, a value of the wrong kind, no config at all)."""
+    path = Path(run_dir) / layout.CONFIG
+    record = read_json(path)
+    try:
+        return TrainConfig.from_dict(record["config"])
+    except (ConfigError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -16,6 +16,7 @@ from lottery.core.storage import load_checkpoint, read_json
 from lottery.datasets import Splits, load_dataset
 from lottery.models.registry import build_model
 from lottery.pruning.masks import Mask, load_sparse, save_sparse
+from lottery.training.runfolder import recorded_config
 
 
 def load_data(cfg: TrainConfig, download: bool = False) -> Splits:
@@ -66,7 +67,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if not layout.is_run(run):
         raise ConfigError(f"{run_dir} is not a run folder (no {layout.CONFIG})")
     record = read_json(run / layout.CONFIG)
-    cfg = TrainConfig.from_dict(record["config"])
+    cfg = recorded_config(run)
     data = record["data"]
     model = build_model(
         cfg.model,

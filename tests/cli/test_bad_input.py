@@ -196,3 +196,59 @@ def test_a_run_resumed_on_changed_data_is_refused(tmp_path, capsys):
     fake_idx_dataset(root / "mnist", n_train=210)
     assert main(argv) == 2
     assert "started on other data" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [("return 1.7", "gave sparsity 1.7"), ("return 'half'", "returned 'half'")],
+)
+def test_a_custom_schedule_with_bad_values_is_refused_before_training(
+    tmp_path, monkeypatch, capsys, body, message
+):
+    module = f"my_schedules_{abs(hash(body))}"  # one module per case (imports are cached)
+    (tmp_path / f"{module}.py").write_text(f"def bad(p, s_i, s_f):\n    {body}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "out"
+    argv = ["prune", *RUN, "--schedule", f"{module}:bad", "--final-sparsity", "0.5"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
+def test_a_hand_edited_config_is_named_not_silently_ignored(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", *RUN, "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    record = json.loads((out / "config.json").read_text())
+    record["config"]["lr"] = 0.5  # edited in place, hoping the rerun trains at 0.5
+    (out / "config.json").write_text(json.dumps(record))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was changed by hand" in err
+
+
+def test_an_unknown_key_in_a_runs_config_names_the_file(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *RUN, "--out", str(out), "--no-progress"]) == 0
+    record = json.loads((out / "config.json").read_text())
+    record["config"]["learning_rate"] = 0.1
+    (out / "config.json").write_text(json.dumps(record))
+    assert main(["export", str(out), "--as", "dense", "--out", str(tmp_path / "e.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{out / 'config.json'}: unknown configuration keys" in err
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "run"
+    assert main(["train", *RUN, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device (writing " in err
+    assert str(out) in err

@@ -8,8 +8,7 @@ from pathlib import Path
 from lottery.analysis.overlap import load_mask
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
-from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.storage import read_json
+from lottery.core.config import ConfigError
 from lottery.studies.instability import (
     MIN_POINTS,
     Pair,
@@ -17,7 +16,7 @@ from lottery.studies.instability import (
     default_pairs,
     instability_sweep,
 )
-from lottery.training.runfolder import check_writable, hold
+from lottery.training.runfolder import check_writable, hold, recorded_config
 from lottery.training.setup import load_data
 
 
@@ -90,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dense is not None:
         if not (args.dense / layout.CONFIG).exists():
             raise ConfigError(f"--dense {args.dense} is not a training run (no config.json)")
-        cfg = TrainConfig.from_dict(read_json(args.dense / layout.CONFIG)["config"])
+        cfg = recorded_config(args.dense)
     else:
         cfg = config_from_args(args)
     if args.seeds is not None and args.pairs is not None:
