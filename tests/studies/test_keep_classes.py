@@ -12,6 +12,8 @@ from lottery.pruning.masks import Mask
 OUTPUT = "classifier.4.weight"  # Conv-2's output layer
 RUN = ["--model", "conv2", "--dataset", "synthetic", "--steps", "6", "--batch-size", "16"]
 RUN += ["--eval-every", "6", "--checkpoint-every", "6", "--device", "cpu", "--no-progress"]
+FILTER = ["--granularity", "filter"]
+ONE_SHOT = ["--schedule", "one-shot", "--final-sparsity", "0.5", "--start", "0.5"]
 
 
 def assert_every_class_kept(mask_files) -> None:
@@ -58,31 +60,9 @@ def test_prune_at_init_and_rewind_sweep_keep_every_class_under_filter_pruning(tm
 @pytest.mark.parametrize(
     "argv",
     [
-        ["imp", *RUN, "--granularity", "filter", "--rate-scale", f"{OUTPUT}=0.5"],
-        [
-            "prune",
-            *RUN,
-            "--schedule",
-            "one-shot",
-            "--final-sparsity",
-            "0.5",
-            "--start",
-            "0.5",
-            "--granularity",
-            "filter",
-            "--rate-scale",
-            f"{OUTPUT}=1",
-        ],  # fmt: skip
-        [
-            "at-init",
-            *RUN,
-            "--sparsities",
-            "0.5",
-            "--granularity",
-            "filter",
-            "--rate-scale",
-            f"{OUTPUT}=1",
-        ],  # fmt: skip
+        ["imp", *RUN, *FILTER, "--rate-scale", f"{OUTPUT}=0.5"],
+        ["prune", *RUN, *ONE_SHOT, *FILTER, "--rate-scale", f"{OUTPUT}=1"],
+        ["at-init", *RUN, "--sparsities", "0.5", *FILTER, "--rate-scale", f"{OUTPUT}=1"],
         ["curve", *RUN, "--granularity", "filter", "--prune-output"],
     ],
     ids=["imp", "prune", "at-init", "curve"],
