@@ -60,14 +60,12 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
-def default_threads(
-    model: nn.Module, input_shape: tuple[int, ...], examples: int, training: bool = True
-) -> int:
+def default_threads(model: nn.Module, input_shape: tuple[int, ...], examples: int) -> int:
     """CPU threads for a run that names none: one thread per `WORK_PER_THREAD` multiply-adds of a
     step (a training step costs about three forward passes), at least one, at most the cores this
     process may use. Small networks get one thread: there a second one costs more in
     synchronisation than it saves, and many times more when the machine is busy."""
-    work = multiply_adds(model, input_shape) * examples * (3 if training else 1)
+    work = multiply_adds(model, input_shape) * examples * 3
     return max(1, min(len(os.sched_getaffinity(0)), int(work // WORK_PER_THREAD)))
 
 
