@@ -17,6 +17,7 @@ METRICS = "metrics.jsonl"  # one line per evaluation
 RESULT = "result.json"  # written last: the run is finished when it exists
 CHECKPOINTS = "checkpoints"
 LAST = "last.pt"  # the resume point, removed once the run is finished
+PREVIOUS = "previous.pt"  # the resume point before last.pt (stacked runs killed between writes)
 FINAL = "final.pt"
 MASK = "mask.npz"  # bit-packed mask (a round's, or a gradual-pruning run's final mask)
 WEIGHTS = "weights.npz"  # final weights as sparse arrays with their mask

@@ -46,8 +46,11 @@ class Hooks:
     at_pruning: list[Callable[[Run, int, Mask], None]] = field(default_factory=list)
 
 
-def begin(run: Run, start: StartState | None, data: Splits, hooks: Hooks) -> tuple[SingleCopy, int]:
-    """Open the run's folder and set its copy to the resume checkpoint or to `start`.
+def begin(
+    run: Run, start: StartState | None, data: Splits, hooks: Hooks, at: int | None = None
+) -> tuple[SingleCopy, int]:
+    """Open the run's folder and set its copy to the resume checkpoint (the one at step `at`
+    when given, else the latest) or to `start`.
 
     A fresh run applies its pruner's update due at the start step, keeps a checkpoint there if
     asked and evaluates once, so that its records begin at the start step.
@@ -59,7 +62,7 @@ def begin(run: Run, start: StartState | None, data: Splits, hooks: Hooks) -> tup
     # changes optimizer tensors in place
     opt = copy.deepcopy(start.optimizer) if start is not None and start.optimizer else None
     single = SingleCopy(run, step, opt)
-    ck = run.open()
+    ck = run.open(at)
     if ck is not None:
         single.load(ck)
         step = ck["step"]
@@ -221,12 +224,13 @@ def train_runs(
         raise ConfigError("batched training runs in one process; do not start it with torchrun")
     results: dict[int, TrainResult] = {}
     cohorts: dict[str, list[tuple[int, SingleCopy, int]]] = {}
+    at = aligned_resume_steps(runs)
     for i, (run, spec) in enumerate(zip(runs, specs, strict=True)):
         if run.finished():
             results[i] = run.stored_result()
             continue
         with run_threads(run.threads):
-            single, step = begin(run, spec.start, data, hooks)
+            single, step = begin(run, spec.start, data, hooks, at.get(i))
         cohorts.setdefault(cohort_key(single, step), []).append((i, single, step))
     for members in cohorts.values():
         singles, step = [m for _, m, _ in members], members[0][2]
@@ -237,14 +241,37 @@ def train_runs(
     return [results[i] for i in range(len(specs))]
 
 
+def aligned_resume_steps(runs: Sequence[Run]) -> dict[int, int]:
+    """Resume steps that put stacked runs back together: a kill between the checkpoint writes
+    of one cohort leaves some of its runs one checkpoint ahead; those resume from their previous
+    checkpoint, at the step the others stand at, so the cohort trains on as one stacked model
+    (resuming from an earlier checkpoint of a run replays it exactly). Index -> step."""
+    unfinished = [i for i, r in enumerate(runs) if not r.finished()]
+    points = {i: runs[i].resume_points() for i in unfinished}
+    latest = {i: max(p) for i, p in points.items() if p}
+    kind = {i: _stack_signature(runs[i]) for i in latest}
+    at = {}
+    for i, step in latest.items():
+        behind = {latest[j] for j in latest if kind[j] == kind[i] and latest[j] < step}
+        common = sorted(behind & set(points[i]))
+        if common:
+            at[i] = common[0]
+    return at
+
+
+def _stack_signature(run: Run) -> str:
+    """What runs must share to stack, less the step they stand at (see `cohort_key`)."""
+    extra = {k: v for k, v in run.cfg.extra.items() if k != "pruning"}
+    shared = run.cfg.replace(init_seed=0, data_seed=0, save_at=(), extra=extra).to_dict()
+    return json.dumps([shared, repr(run.model)], sort_keys=True, default=str)
+
+
 def cohort_key(single: SingleCopy, step: int) -> str:
     """What runs must share to train as one stacked model: architecture, every setting except the
     seeds, kept steps and pruning schedule, the current step and the optimizer's step counts."""
     run = single.runs[0]
-    extra = {k: v for k, v in run.cfg.extra.items() if k != "pruning"}
-    shared = run.cfg.replace(init_seed=0, data_seed=0, save_at=(), extra=extra).to_dict()
     shapes = [(n, list(t.shape), str(t.dtype)) for n, t in run.model.state_dict().items()]
-    parts = [shared, repr(run.model), shapes, step, optimizer_signature(single.optimizer)]
+    parts = [_stack_signature(run), shapes, step, optimizer_signature(single.optimizer)]
     return json.dumps(parts, sort_keys=True, default=str)
 
 

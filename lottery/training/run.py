@@ -197,6 +197,7 @@ class Run:
         track = self.cfg.tensorboard and distributed.is_main()
         self.tracker = TensorBoardTracker(self.dir) if track else None
         self.last = layout.checkpoint_dir(self.dir) / layout.LAST
+        self.previous = layout.checkpoint_dir(self.dir) / layout.PREVIOUS
 
     # -- records -------------------------------------------------------------------------------
 
@@ -236,18 +237,30 @@ class Run:
             path,
         )
 
-    def open(self) -> dict[str, Any] | None:
-        """Create the folder and config.json; return the resume checkpoint if there is one."""
+    def resume_points(self) -> dict[int, Path]:
+        """The steps this run could resume at: last.pt's and the one before it (kept so that
+        stacked runs killed between their checkpoint writes can resume from one step)."""
+        points = {}
+        for path in (self.previous, self.last):  # last wins where both hold one step
+            if distributed.from_main(path.exists()):
+                points[int(storage.load_checkpoint(path)["step"])] = path
+        return points
+
+    def open(self, at: int | None = None) -> dict[str, Any] | None:
+        """Create the folder and config.json; return the resume checkpoint if there is one (the
+        one at step `at` when given, else the latest)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        if not distributed.from_main(self.last.exists()):
+        points = self.resume_points()
+        if not points:
             if distributed.is_main():
                 storage.write_jsonl([], self.metrics)
             return None
-        ck = storage.load_checkpoint(self.last, map_location=self.device)
+        path = points[at if at is not None else max(points)]
+        ck = storage.load_checkpoint(path, map_location=self.device)
         if ck.get("fingerprint") != self.fingerprint:
             raise storage.CheckpointError(
-                f"{self.last} belongs to a run with another configuration; "
+                f"{path} belongs to a run with another configuration; "
                 "use a new --out directory or delete the old one"
             )
         self.best, self.tally = Best(**ck["best"]), Tally(**ck["tally"])
@@ -330,6 +343,8 @@ class Run:
         if step in self.save_at:
             storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
         if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
+            if self.last.exists():
+                os.replace(self.last, self.previous)
             storage.save_checkpoint(state, self.last)
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
@@ -350,6 +365,7 @@ class Run:
             storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
             storage.write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
+            self.previous.unlink(missing_ok=True)
         if self.tracker is not None:
             self.tracker.close()
         distributed.barrier(f"waiting for rank 0 to write {self.dir / layout.RESULT}")

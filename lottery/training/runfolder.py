@@ -147,9 +147,10 @@ def clean_leftovers(out: str | Path) -> list[Path]:
         here = Path(root)
         removed += [here / n for n in files if _TEMP.fullmatch(n)]
         if layout.RESULT in files:
-            last = layout.checkpoint_dir(here) / layout.LAST
-            if last.is_file():
-                removed.append(last)
+            for name in (layout.LAST, layout.PREVIOUS):
+                path = layout.checkpoint_dir(here) / name
+                if path.is_file():
+                    removed.append(path)
         dirs.sort()
     for path in removed:
         path.unlink(missing_ok=True)

@@ -209,3 +209,44 @@ def test_control_rounds_train_controls_only_where_named(tmp_path, capsys):
     assert main(args) == 0
     rows = json.loads((tmp_path / "cli" / "summary.json").read_text())["rounds"]
     assert [sorted(r.get("controls", {})) for r in rows] == [[], [], ["random-prune"]]
+
+
+def test_a_batched_multi_seed_search_killed_between_its_seeds_checkpoints_resumes_exactly(
+    tmp_path, monkeypatch
+):
+    """Killed after seed 0 wrote its step-10 checkpoint and before seed 1 wrote its own: the two
+    seeds must resume as one stacked cohort, or they would train apart and end differently."""
+    from lottery.studies.imp import run_imp_seeds
+    from lottery.training.run import Run
+
+    cfg = tiny(steps=30, checkpoint_every=5, eval_every=10)
+    settings = imp(rounds=1, batched=True)
+    run_imp_seeds(cfg, settings, tmp_path / "whole", [0, 1], progress=False)
+
+    class Killed(Exception):
+        pass
+
+    real = Run.checkpoint
+
+    def aimed(self, step, state):
+        if "seed_1" in str(self.dir) and "round_01" in str(self.dir) and step == 10:
+            raise Killed  # seed 0 has written step 10; seed 1 is still at step 5
+        real(self, step, state)
+
+    monkeypatch.setattr(Run, "checkpoint", aimed)
+    with pytest.raises(Killed):
+        run_imp_seeds(cfg, settings, tmp_path / "killed", [0, 1], progress=False)
+    monkeypatch.setattr(Run, "checkpoint", real)
+    run_imp_seeds(cfg, settings, tmp_path / "killed", [0, 1], progress=False)
+    for seed in (0, 1):
+        a = load_sparse(tmp_path / "whole" / f"seed_{seed}" / "round_01" / "ticket" / "weights.npz")
+        b = load_sparse(
+            tmp_path / "killed" / f"seed_{seed}" / "round_01" / "ticket" / "weights.npz"
+        )
+        assert all(torch.equal(a[0][n], b[0][n]) for n in a[0]), seed
+        whole = (tmp_path / "whole" / f"seed_{seed}" / "summary.json").read_text()
+        killed = (tmp_path / "killed" / f"seed_{seed}" / "summary.json").read_text()
+        assert (
+            json.loads(whole)["rounds"][1]["test_loss"]
+            == json.loads(killed)["rounds"][1]["test_loss"]
+        )
