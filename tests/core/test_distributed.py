@@ -95,6 +95,7 @@ def steps_of(run: Path) -> list[int]:
 # -- two ranks against one process ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     cfg = TrainConfig(model="lenet_32", dataset="synthetic", steps=40, batch_size=32,
                       optimizer="sgd", lr=0.05, momentum=0.9, eval_every=20,
@@ -122,6 +123,7 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
     assert ddp["test_accuracy"] > 0.5  # 10 classes: chance is 0.1
 
 
+@pytest.mark.slow
 def test_imp_two_rounds_under_two_ranks_gives_the_same_masks(tmp_path):
     flags = [*TRAIN_FLAGS, "--steps", "30", "--eval-every", "15", "--checkpoint-every", "15",
              "--rounds", "2", "--reset", "rewind", "--rewind-step", "5",
@@ -158,6 +160,7 @@ def load_step(path: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_killed_rank_fails_the_other_fast_and_the_rerun_resumes(tmp_path):
     out, timeout = tmp_path / "run", 20
     args = ["train", *TRAIN_FLAGS, "--steps", "300", "--eval-every", "100",

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy import stats
 
 from experiments import conv_tickets
@@ -13,6 +14,7 @@ from lottery.analysis.records import search_rounds
 from lottery.core import layout
 
 
+@pytest.mark.slow
 def test_quick_study_tables_match_the_records_and_rerun_trains_nothing(tmp_path, capsys):
     out = tmp_path / "ct"
     argv = ["--quick", "--no-progress", "--out", str(out)]

@@ -15,6 +15,9 @@ from experiments import schedule_budget as sb
 from lottery.pruning.masks import Mask, load_sparse
 from lottery.training import engine
 
+pytestmark = pytest.mark.slow  # trains a small study in its fixture
+
+
 TINY = ["--quick", "--schedules", "one-cycle,one-shot (at 40%)", "--train-limit", "700"]
 TINY += ["--test-limit", "200", "--batch-size", "32", "--no-progress"]
 

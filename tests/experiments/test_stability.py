@@ -33,6 +33,7 @@ def _stats(values: list[float]) -> list[float]:
     return [v.mean(), v.std(ddof=1), v.mean() - half, v.mean() + half]
 
 
+@pytest.mark.slow
 def test_quick_study_tables_its_results_and_a_rerun_trains_nothing(tmp_path, monkeypatch):
     tickets = tmp_path / "tickets"  # a one-round `imp --seeds 0,1` search of the quick training
     run_imp_seeds(stability.config(quick=True), IMPConfig(rounds=1), tickets, [0, 1], False)

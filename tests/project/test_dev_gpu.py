@@ -167,6 +167,7 @@ def test_gpu_refuses_bad_input_and_a_machine_without_cuda(script_only):
     assert sorted(p.name for p in script_only.iterdir()) == ["dev"]
 
 
+@pytest.mark.slow
 def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
     whl = packed / ".whl"
     whl.mkdir()
@@ -218,6 +219,7 @@ def test_cpu_rehearsal_writes_every_expected_file(packed, tmp_path):
     assert row in summary
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows the failure on a machine without one")
 def test_require_cuda_turns_a_cuda_skip_into_a_failure():
     node = "tests/core/test_batches.py::test_batch_stream_same_batches_on_cuda"

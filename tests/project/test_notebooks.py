@@ -41,6 +41,7 @@ def test_committed_notebook_has_no_outputs(name):
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIGURES))
 def test_notebook_runs_in_quick_mode(name, tmp_path, monkeypatch):
     # the kernel inherits this process's environment

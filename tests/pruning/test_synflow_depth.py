@@ -78,7 +78,11 @@ def engine_masks(model, input_shape, sparsity: float, scope: str) -> dict[str, t
 
 @pytest.mark.parametrize(
     ("depth", "sparsity", "scope"),
-    [(50, 0.9, "global"), (40, 0.9, "global"), (12, 0.9, "layer")],
+    [
+        pytest.param(50, 0.9, "global", marks=pytest.mark.slow),
+        (40, 0.9, "global"),
+        (12, 0.9, "layer"),
+    ],
 )
 def test_deep_mlp_synflow_equals_the_float64_reference(depth, sparsity, scope):
     model = build_model("lenet" + "_100" * (depth - 1), (1, 8, 8), 10, seed=3)

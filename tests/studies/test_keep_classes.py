@@ -29,7 +29,7 @@ def masks(out) -> list:
     return sorted(out.rglob(layout.MASK))
 
 
-@pytest.mark.parametrize("granularity", ["filter", "channel"])
+@pytest.mark.parametrize("granularity", ["filter", pytest.param("channel", marks=pytest.mark.slow)])
 def test_imp_filter_pruning_keeps_every_class(tmp_path, granularity):
     out = tmp_path / "imp"
     args = ["imp", *RUN, "--rounds", "2", "--prune-fraction", "0.4", "--granularity", granularity]
@@ -41,6 +41,7 @@ def test_imp_filter_pruning_keeps_every_class(tmp_path, granularity):
         assert_every_class_kept(masks(out))
 
 
+@pytest.mark.slow
 def test_prune_at_init_and_rewind_sweep_keep_every_class_under_filter_pruning(tmp_path):
     gradual = ["prune", *RUN, "--schedule", "one-shot", "--final-sparsity", "0.6"]
     gradual += ["--start", "0.5", "--update-every", "3", "--granularity", "filter"]

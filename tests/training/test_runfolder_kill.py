@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from lottery.cli.main import main
@@ -55,6 +56,7 @@ def records(out: Path) -> tuple[list[Mask], list[dict], list[dict]]:
     return masks, weights, [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
 
 
+@pytest.mark.slow
 def test_killed_search_refuses_a_second_writer_and_resumes_to_the_same_records(tmp_path):
     out, rng, kills = tmp_path / "killed", random.Random(12), 0
     for _ in range(3):

@@ -40,6 +40,7 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists(FMNIST), reason="dataset-fashion-mnist not installed")
 def test_lenet_two_epochs_fashion_mnist_reaches_85_percent(tmp_path):
     cfg = TrainConfig(epochs=2, optimizer="adam", lr=1.2e-3, batch_size=60, device="cpu")
@@ -147,6 +148,7 @@ def test_kill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, mo
     assert_same_state(final_model(tmp_path / "whole"), final_model(run))
 
 
+@pytest.mark.slow
 def test_sigkilled_process_resumes_with_the_same_command(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "lottery", "train", "--model", "lenet_64_32", "--dataset",
