@@ -127,7 +127,10 @@ def test_instability_from_step_zero_of_a_real_run(tmp_path):
     Trainer(cfg, data, make_model(cfg, data), tmp_path / "dense", progress=False).fit()
     start = StartState.from_checkpoint(tmp_path / "dense" / "checkpoints" / "step_0000000.pt")
     row = instability(cfg, start, tmp_path / "k0", seeds=(1, 2), points=11, progress=False)
-    assert len(row.test_error) == 11 and math.isfinite(row.barrier) and row.barrier >= 0
+    # Frankle et al. (2020): the highest error on the path minus the mean of its endpoints'
+    assert len(row.test_error) == 11 and math.isfinite(row.barrier)
+    errors = row.test_error
+    assert row.barrier == pytest.approx(max(errors) - (errors[0] + errors[-1]) / 2, abs=1e-12)
     assert row.endpoint_errors == [row.test_error[0], row.test_error[-1]]
     recorded = json.loads((tmp_path / "k0" / "curve.json").read_text())
     assert recorded["barrier"] == row.barrier and recorded["step"] == 0

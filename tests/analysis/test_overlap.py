@@ -86,17 +86,21 @@ def test_reported_log10_p_of_a_large_layer_matches_scipy():
     assert got.z_score == pytest.approx((3_000 - 1_250) / math.sqrt(stats.hypergeom.var(n, k, k)))
 
 
-def test_pairwise_matrix_is_symmetric_with_unit_diagonal():
-    ms = {
-        "a": Mask({"w": torch.tensor([1, 1, 0, 0], dtype=torch.bool)}),
-        "b": Mask({"w": torch.tensor([1, 0, 1, 0], dtype=torch.bool)}),
-        "c": Mask({"w": torch.tensor([0, 0, 1, 1], dtype=torch.bool)}),
-    }
+def test_pairwise_matrix_equals_jaccard_and_hamming_computed_from_the_bits():
+    bits = {"a": [1, 1, 0, 0], "b": [1, 0, 1, 0], "c": [0, 0, 1, 1]}
+    ms = {k: Mask({"w": torch.tensor(v, dtype=torch.bool)}) for k, v in bits.items()}
     pairs = pairwise(ms)
     assert [(p["a"], p["b"]) for p in pairs] == [("a", "b"), ("a", "c"), ("b", "c")]
-    m = matrix(list(ms), pairs)
-    assert np.array_equal(m, m.T)
-    assert np.allclose(np.diag(m), 1.0)
+    sets = {k: {i for i, x in enumerate(v) if x} for k, v in bits.items()}
+    names = list(bits)
+    jaccard = np.array([[len(sets[x] & sets[y]) / len(sets[x] | sets[y]) for y in names]
+                        for x in names])  # fmt: skip
+    hamming = np.array([[sum(p != q for p, q in zip(bits[x], bits[y], strict=True)) for y in names]
+                        for x in names])  # fmt: skip
+    assert np.allclose(matrix(names, pairs), jaccard)  # the diagonal included: a mask with itself
+    assert np.array_equal(matrix(names, pairs, "hamming"), hamming)
+    m = matrix(names, pairs)
+    assert np.array_equal(m, m.T) and np.allclose(np.diag(m), 1.0)
     assert m[0, 1] == pytest.approx(1 / 3) and m[0, 2] == 0.0
     assert np.isnan(matrix(list(ms), pairs, "p_value")[0, 0])
 

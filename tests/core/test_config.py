@@ -62,7 +62,9 @@ def test_config_file_round_trip(tmp_path, capsys):
     assert main(["train", "--config", str(a / "config.json"), "--out", str(b)]) == 0
     ra, rb = (json.loads((d / "config.json").read_text()) for d in (a, b))
     assert ra["fingerprint"] == rb["fingerprint"] and ra["config"] == rb["config"]
-    assert ra["config"]["milestones"] == [0.5] and ra["threads"] >= 1
+    # lenet_32 on 16x16 inputs at batch 32: (256*32 + 32*10) * 32 * 3 multiply-adds a step, far below
+    # the 1e9 that earn a second thread, so the recorded count is one
+    assert ra["config"]["milestones"] == [0.5] and ra["threads"] == 1
     ta, tb = (json.loads((d / "result.json").read_text())["test_accuracy"] for d in (a, b))
     assert ta == tb  # the same run, bit for bit on CPU
     # a flag on the command line overrides the file

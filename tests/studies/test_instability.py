@@ -80,7 +80,12 @@ def test_sweep_of_a_pruned_subnetwork_records_and_refuses_other_settings(tmp_pat
     mask = Mask({n: torch.rand_like(p) > 0.5 for n, p in model.named_parameters() if p.dim() > 1})
     result = instability_sweep(cfg, [0, 20], tmp_path, mask=mask, progress=False)
     assert [r["step"] for r in result["rows"]] == [0, 20]
-    assert all(math.isfinite(r["barrier"]) and r["barrier"] >= 0 for r in result["rows"])
+    for r in result["rows"]:  # each pair's barrier from its own curve, and the mean over pairs
+        errors = [p["test_error"] for p in r["pairs"]]
+        barriers = [max(e) - (e[0] + e[-1]) / 2 for e in errors]
+        assert [p["barrier"] for p in r["pairs"]] == pytest.approx(barriers, abs=1e-12)
+        assert r["barrier"] == pytest.approx(sum(barriers) / len(barriers), abs=1e-12)
+        assert math.isfinite(r["barrier"])
     assert result["density"] == pytest.approx(mask.density()) and result["seeds"] == [1, 2]
     recorded = json.loads((tmp_path / "instability.json").read_text())
     assert recorded["rows"] == result["rows"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -149,3 +150,21 @@ def test_cli_speed_bad_input_exits_2_with_one_line(extra, message, tiny_run, tmp
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
     assert not out.exists()
+
+
+def test_measure_aggregates_the_timed_samples_as_medians_and_quartiles(monkeypatch):
+    """With the timer's samples fixed, each row's figures against numpy: medians in ms, the
+    speed-up as the ratio of medians, its spread the quartiles of the per-repeat ratios."""
+    from lottery.studies import speed
+
+    dense_t = [0.010, 0.012, 0.011, 0.030, 0.009]
+    route_t = [0.005, 0.004, 0.006, 0.005, 0.010]
+    monkeypatch.setattr(speed, "time_samples", lambda a, b, x, repeats: (dense_t, route_t))
+    model, mask = masked(0.5, "filter")
+    (row,) = measure(model, mask, ARCH, ("compact",), batches=(4,), repeats=5)
+    assert row["dense_ms"] == pytest.approx(1e3 * np.median(dense_t))
+    assert row["route_ms"] == pytest.approx(1e3 * np.median(route_t))
+    assert row["speedup"] == pytest.approx(np.median(dense_t) / np.median(route_t))
+    ratios = np.array(dense_t) / np.array(route_t)
+    assert row["speedup_low"] == pytest.approx(np.percentile(ratios, 25))
+    assert row["speedup_high"] == pytest.approx(np.percentile(ratios, 75))
