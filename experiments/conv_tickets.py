@@ -27,14 +27,19 @@ from pathlib import Path
 
 import pandas as pd
 
-from lottery.analysis.aggregate import aggregate, density_rows, stat_text
-from lottery.analysis.plots import accuracy_vs_density, save
-from lottery.analysis.records import search_rounds
-from lottery.cli.main import parse_ints
-from lottery.core import layout
-from lottery.core.config import TrainConfig
-from lottery.core.storage import write_json
-from lottery.studies.imp import IMPConfig, run_imp_seeds
+from lottery import (
+    IMPConfig,
+    TrainConfig,
+    aggregate,
+    density_rows,
+    layout,
+    parse_ints,
+    plots,
+    run_imp_seeds,
+    search_rounds,
+    stat_text,
+    write_json,
+)
 
 CONTROLS = ("random-reinit", "random-prune")
 LABELS = {
@@ -170,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in dense.to_dict("records"):  # the dense network at 100%, as the start of every curve
         for n in networks[1:]:
             curve.append({**r, "network": n, "percent_remaining": 100.0})
-    fig = accuracy_vs_density(
+    fig = plots.accuracy_vs_density(
         curve,
         metrics=("test_acc_best_val_pct", "best_val_step"),
         title=f"Conv-2 on Fashion-MNIST, {len(args.seeds)} seeds",
     )
-    save(fig, args.out / "tickets.png")
+    plots.save(fig, args.out / "tickets.png")
     print(md)
     print(f"results: {args.out / 'results.json'}; figure: {args.out / 'tickets.png'}")
     return 0

@@ -22,13 +22,20 @@ import math
 import time
 from pathlib import Path
 
-from lottery.analysis.records import at_init_accuracy, mean_std
-from lottery.core.config import TrainConfig
-from lottery.core.storage import write_json
-from lottery.pruning.pruner import run_length
-from lottery.studies.at_init import CONTROLS, PRUNED, AtInitConfig, run_at_init
-from lottery.studies.imp import IMPConfig, run_imp_seeds
-from lottery.training.setup import load_data
+from lottery import AT_INIT_CONTROLS as CONTROLS
+from lottery import AT_INIT_PRUNED as PRUNED
+from lottery import (
+    AtInitConfig,
+    IMPConfig,
+    TrainConfig,
+    at_init_accuracy,
+    load_data,
+    mean_std,
+    run_at_init,
+    run_imp_seeds,
+    run_length,
+    write_json,
+)
 
 MODELS = ("lenet_300_100", "conv2")
 CRITERIA = ("snip", "grasp", "synflow", "magnitude", "random")

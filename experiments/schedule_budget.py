@@ -33,19 +33,28 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from lottery.analysis.aggregate import summarize
-from lottery.core import layout
-from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.storage import read_jsonl, write_json
-from lottery.datasets import Splits, load_dataset
-from lottery.models.registry import count_parameters, prunable_names
-from lottery.pruning.masks import Mask
-from lottery.pruning.pruner import run_length
-from lottery.pruning.schedules import Schedule
-from lottery.studies.gradual import GradualRun, PruningSettings, pruned_spec, train_gradual
-from lottery.training.run import TrainResult
-from lottery.training.runfolder import hold
-from lottery.training.setup import make_model
+from lottery import (
+    ConfigError,
+    GradualRun,
+    Mask,
+    PruningSettings,
+    Schedule,
+    Splits,
+    TrainConfig,
+    TrainResult,
+    count_parameters,
+    hold,
+    layout,
+    load_dataset,
+    make_model,
+    prunable_names,
+    pruned_spec,
+    read_jsonl,
+    run_length,
+    summarize,
+    train_gradual,
+    write_json,
+)
 
 FINAL_SPARSITY = 0.95
 MODEL_NAME = "allconv"

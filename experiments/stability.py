@@ -27,16 +27,31 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lottery.analysis import plots, records
-from lottery.analysis.aggregate import check_same_settings, members, stat_text, summarize
-from lottery.cli.main import HelpFormatter, parse_ints
-from lottery.core import layout
-from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
-from lottery.core.storage import read_json, write_bytes_atomic, write_json
-from lottery.pruning.masks import Mask
-from lottery.studies.instability import MIN_POINTS, default_pairs, instability_sweep
-from lottery.studies.rewind_sweep import train_dense
-from lottery.training.runfolder import FolderInUseError, check_writable, hold
+from lottery import (
+    MIN_POINTS,
+    NON_RESULT_FIELDS,
+    ConfigError,
+    FolderInUseError,
+    HelpFormatter,
+    Mask,
+    TrainConfig,
+    check_same_settings,
+    check_writable,
+    default_pairs,
+    hold,
+    instability_sweep,
+    layout,
+    parse_ints,
+    plots,
+    read_json,
+    records,
+    stat_text,
+    summarize,
+    train_dense,
+    write_bytes_atomic,
+    write_json,
+)
+from lottery import group_members as members
 
 # The running IMP study's training (its masks and tickets must line up with these runs); Adam
 # 2e-4 and batch 60 are Conv-2's settings in Frankle & Carbin (ICLR 2019), TrainConfig's defaults.

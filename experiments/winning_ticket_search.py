@@ -17,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lottery.analysis.plots import accuracy_vs_density
-from lottery.core.config import TrainConfig
-from lottery.studies.imp import IMPConfig, run_imp
+from lottery import IMPConfig, TrainConfig, plots, run_imp
 
 METHODS = {"ticket": None, "random reinit": "random-reinit"}
 
@@ -94,7 +92,7 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     series = {m: [r for r in rows if r["method"] == m] for m in METHODS}
-    accuracy_vs_density(
+    plots.accuracy_vs_density(
         series,
         args.out / "accuracy_vs_weights.png",
         metric="test_accuracy_at_best_val",

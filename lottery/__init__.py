@@ -1,3 +1,114 @@
-"""lottery: a toolkit for finding and studying lottery tickets (sparse, trainable subnetworks)."""
+"""lottery: a toolkit for finding and studying lottery tickets (sparse, trainable subnetworks).
+
+The public API, layer by layer (config -> model + data -> engine -> masks -> records -> analysis).
+Names load lazily on first use, so `import lottery` (and `lottery --help`) loads no torch:
+
+    from lottery import TrainConfig, IMPConfig, run_imp
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute in it; None for the module itself)
+_API: dict[str, tuple[str, str | None]] = {
+    # foundations: settings, run-folder layout, records on disk, device
+    "ConfigError": ("lottery.core.config", "ConfigError"),
+    "NON_RESULT_FIELDS": ("lottery.core.config", "NON_RESULT_FIELDS"),
+    "TrainConfig": ("lottery.core.config", "TrainConfig"),
+    "layout": ("lottery.core.layout", None),
+    "read_json": ("lottery.core.storage", "read_json"),
+    "read_jsonl": ("lottery.core.storage", "read_jsonl"),
+    "write_bytes_atomic": ("lottery.core.storage", "write_bytes_atomic"),
+    "write_json": ("lottery.core.storage", "write_json"),
+    "default_threads": ("lottery.core.device", "default_threads"),
+    "resolve_device": ("lottery.core.device", "resolve_device"),
+    # data and models
+    "DatasetNotFoundError": ("lottery.datasets", "DatasetNotFoundError"),
+    "Splits": ("lottery.datasets", "Splits"),
+    "load_dataset": ("lottery.datasets", "load_dataset"),
+    "build_model": ("lottery.models.registry", "build_model"),
+    "count_parameters": ("lottery.models.registry", "count_parameters"),
+    "prunable_names": ("lottery.models.registry", "prunable_names"),
+    # masks, criteria, schedules
+    "Context": ("lottery.pruning.criteria", "Context"),
+    "score": ("lottery.pruning.criteria", "score"),
+    "Mask": ("lottery.pruning.masks", "Mask"),
+    "baked_state_dict": ("lottery.pruning.masks", "baked_state_dict"),
+    "prune": ("lottery.pruning.masks", "prune"),
+    "random_mask_like": ("lottery.pruning.masks", "random_mask_like"),
+    "save_sparse": ("lottery.pruning.masks", "save_sparse"),
+    "GradualPruner": ("lottery.pruning.pruner", "GradualPruner"),
+    "run_length": ("lottery.pruning.pruner", "run_length"),
+    "Schedule": ("lottery.pruning.schedules", "Schedule"),
+    # training
+    "train_runs": ("lottery.training.engine", "train_runs"),
+    "RunSpec": ("lottery.training.run", "RunSpec"),
+    "TrainResult": ("lottery.training.run", "TrainResult"),
+    "FolderInUseError": ("lottery.training.runfolder", "FolderInUseError"),
+    "check_writable": ("lottery.training.runfolder", "check_writable"),
+    "hold": ("lottery.training.runfolder", "hold"),
+    "load_data": ("lottery.training.setup", "load_data"),
+    "load_run": ("lottery.training.setup", "load_run"),
+    "make_model": ("lottery.training.setup", "make_model"),
+    "Trainer": ("lottery.training.trainer", "Trainer"),
+    # studies
+    "AT_INIT_CONTROLS": ("lottery.studies.at_init", "CONTROLS"),
+    "AT_INIT_PRUNED": ("lottery.studies.at_init", "PRUNED"),
+    "AtInitConfig": ("lottery.studies.at_init", "AtInitConfig"),
+    "run_at_init": ("lottery.studies.at_init", "run_at_init"),
+    "curve_methods": ("lottery.studies.curves", "methods"),
+    "one_shot_mask": ("lottery.studies.curves", "one_shot_mask"),
+    "Architecture": ("lottery.studies.export", "Architecture"),
+    "GradualRun": ("lottery.studies.gradual", "GradualRun"),
+    "PruningSettings": ("lottery.studies.gradual", "PruningSettings"),
+    "pruned_spec": ("lottery.studies.gradual", "pruned_spec"),
+    "train_gradual": ("lottery.studies.gradual", "train_gradual"),
+    "IMPConfig": ("lottery.studies.imp", "IMPConfig"),
+    "run_imp": ("lottery.studies.imp", "run_imp"),
+    "run_imp_seeds": ("lottery.studies.imp", "run_imp_seeds"),
+    "MIN_POINTS": ("lottery.studies.instability", "MIN_POINTS"),
+    "default_pairs": ("lottery.studies.instability", "default_pairs"),
+    "instability_sweep": ("lottery.studies.instability", "instability_sweep"),
+    "train_dense": ("lottery.studies.rewind_sweep", "train_dense"),
+    "measure_speed": ("lottery.studies.speed", "measure"),
+    # analysis
+    "aggregate": ("lottery.analysis.aggregate", "aggregate"),
+    "aggregate_folder": ("lottery.analysis.aggregate", "aggregate_folder"),
+    "check_same_settings": ("lottery.analysis.aggregate", "check_same_settings"),
+    "density_rows": ("lottery.analysis.aggregate", "density_rows"),
+    "group_members": ("lottery.analysis.aggregate", "members"),
+    "stat_text": ("lottery.analysis.aggregate", "stat_text"),
+    "summarize": ("lottery.analysis.aggregate", "summarize"),
+    "plots": ("lottery.analysis.plots", None),
+    "records": ("lottery.analysis.records", None),
+    "at_init_accuracy": ("lottery.analysis.records", "at_init_accuracy"),
+    "at_init_table": ("lottery.analysis.records", "at_init_table"),
+    "mean_std": ("lottery.analysis.records", "mean_std"),
+    "search_rounds": ("lottery.analysis.records", "search_rounds"),
+    "write_report": ("lottery.analysis.report", "write_report"),
+    # command-line helpers for scripts that take the same flags
+    "HelpFormatter": ("lottery.cli.main", "HelpFormatter"),
+    "parse_ints": ("lottery.cli.main", "parse_ints"),
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562) and keep the name here."""
+    if name not in _API:
+        raise AttributeError(f"module 'lottery' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = importlib.import_module(module)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -21,9 +21,7 @@ import torch
 
 import experiments.benchmarks as package
 from experiments.benchmarks.common import Row, markdown
-from lottery.core.config import ConfigError
-from lottery.core.device import resolve_device
-from lottery.core.storage import write_bytes_atomic
+from lottery import ConfigError, resolve_device, write_bytes_atomic
 
 PREFIX = "bench_"
 

@@ -11,12 +11,17 @@ import tempfile
 from pathlib import Path
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.core.config import TrainConfig
-from lottery.datasets import DatasetNotFoundError, Splits
-from lottery.pruning.masks import Mask, random_mask_like
-from lottery.training.engine import train_runs
-from lottery.training.run import RunSpec
-from lottery.training.setup import load_data, make_model
+from lottery import (
+    DatasetNotFoundError,
+    Mask,
+    RunSpec,
+    Splits,
+    TrainConfig,
+    load_data,
+    make_model,
+    random_mask_like,
+    train_runs,
+)
 
 K = 8
 DENSITY_ROUNDS = 7  # 0.8^7 ~ 21% of weights left, a typical IMP ticket

@@ -13,9 +13,7 @@ from __future__ import annotations
 import torchvision
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.models.registry import prunable_names
-from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery import Context, Mask, prunable_names, prune, score
 
 INPUT_SHAPE = (3, 64, 64)
 

@@ -11,9 +11,7 @@ from pathlib import Path
 import torch
 
 from experiments.benchmarks.common import Row, cli
-from lottery.models.registry import build_model
-from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, baked_state_dict, prune, save_sparse
+from lottery import Context, Mask, baked_state_dict, build_model, prune, save_sparse, score
 
 
 def round_bytes(rounds: int = 7) -> tuple[int, int]:

@@ -8,11 +8,7 @@ from __future__ import annotations
 import tempfile
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.core.config import TrainConfig
-from lottery.pruning.pruner import GradualPruner, run_length
-from lottery.pruning.schedules import Schedule
-from lottery.training.setup import load_data, make_model
-from lottery.training.trainer import Trainer
+from lottery import GradualPruner, Schedule, TrainConfig, Trainer, load_data, make_model, run_length
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:

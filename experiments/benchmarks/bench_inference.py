@@ -7,10 +7,9 @@ informative (">= 0x": where CSR overtakes dense is the finding)."""
 from __future__ import annotations
 
 from experiments.benchmarks.common import Row, cli
-from lottery.core.device import resolve_device
-from lottery.studies.curves import methods, one_shot_mask
-from lottery.studies.export import Architecture
-from lottery.studies.speed import measure
+from lottery import Architecture, one_shot_mask, resolve_device
+from lottery import curve_methods as methods
+from lottery import measure_speed as measure
 
 SHAPE = (1, 28, 28)
 

@@ -13,9 +13,7 @@ import torchvision
 from torch.nn.utils import prune as tprune
 
 from experiments.benchmarks.common import Row, cli, interleaved, sync
-from lottery.models.registry import build_model, prunable_names
-from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery import Context, Mask, build_model, prunable_names, prune, score
 
 
 def global_pruning(quick: bool, device: str) -> Row:

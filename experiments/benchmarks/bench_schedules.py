@@ -10,7 +10,7 @@ from pathlib import Path
 
 from experiments.benchmarks.common import Row, cli, interleaved
 from experiments.schedule_budget import RECIPES, Budget, make_runs, train
-from lottery.datasets import load_dataset
+from lottery import load_dataset
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:

@@ -18,11 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.core.config import TrainConfig
-from lottery.core.device import default_threads
-from lottery.studies.imp import IMPConfig, run_imp
-from lottery.training.setup import load_data, make_model
-from lottery.training.trainer import Trainer
+from lottery import IMPConfig, TrainConfig, Trainer, default_threads, load_data, make_model, run_imp
 
 
 @contextmanager

@@ -10,9 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.core.config import TrainConfig
-from lottery.training.setup import load_data, make_model
-from lottery.training.trainer import Trainer
+from lottery import TrainConfig, Trainer, load_data, make_model
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:

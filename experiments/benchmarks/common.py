@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lottery.core.config import ConfigError
-from lottery.core.device import resolve_device
+from lottery import ConfigError, resolve_device
 
 
 @dataclass
