@@ -259,9 +259,10 @@ def instability_sweep(
     outside = [k for k in steps if not 0 <= k <= total]
     if outside:
         raise ConfigError(f"start steps {outside} lie outside training (steps 0 to {total})")
+    model = make_model(cfg, data)  # an unknown model, init or width: refused before writing
     if mask is not None:
         try:
-            mask.check_fits(make_model(cfg, data))
+            mask.check_fits(model)
         except MaskError as e:
             raise ConfigError(f"the mask does not fit {cfg.model}: {e}") from None
     settings = {

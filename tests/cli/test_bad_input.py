@@ -45,6 +45,10 @@ CASES = {
         "--control-rounds [3] lie beyond --rounds 2"),
     "control rounds without controls": (
         ["imp", *RUN, "--control-rounds", "1"], "--control-rounds needs --controls"),
+    "instability unknown model": (
+        ["instability", *RUN, "--start-steps", "0", "--model", "nosuch"], "unknown model"),
+    "instability zero width": (
+        ["instability", *RUN, "--start-steps", "0", "--width", "0"], "width must be"),
     "finetune LR without finetuning": (
         ["imp", *RUN, "--finetune-lr", "0.1"], "--finetune-lr applies to --reset finetune"),
 }  # fmt: skip
