@@ -183,17 +183,26 @@ def at_init_summaries(folder: str | Path) -> list[dict]:
     ]
 
 
+def at_init_result(row: dict, run: str) -> dict | None:
+    """One sparsity row's metrics of `run` (the criterion's mask or a control), None if absent."""
+    return row[AT_INIT_PRUNED] if run == AT_INIT_PRUNED else row["controls"].get(run)
+
+
+def best_val_pct(metrics: dict) -> float:
+    """Test accuracy (%) at the best validation step (at the end where there was no validation)."""
+    acc = metrics["test_accuracy_at_best_val"]
+    return 100 * (acc if acc is not None else metrics["test_accuracy"])
+
+
 def at_init_accuracy(summaries: list[dict], sparsity: float, run: str) -> list[float]:
     """Test accuracy (%) at the best validation step of `run` at `sparsity`, one per study."""
-    out = []
-    for summary in summaries:
-        for row in summary["sparsities"]:
-            if row["sparsity"] == sparsity:
-                m = row[AT_INIT_PRUNED] if run == AT_INIT_PRUNED else row["controls"].get(run)
-                if m is not None:
-                    acc = m["test_accuracy_at_best_val"]
-                    out.append(100 * (acc if acc is not None else m["test_accuracy"]))
-    return out
+    results = (
+        at_init_result(r, run)
+        for s in summaries
+        for r in s["sparsities"]
+        if r["sparsity"] == sparsity
+    )
+    return [best_val_pct(m) for m in results if m is not None]
 
 
 def mean_std(values: list[float]) -> str:

@@ -348,13 +348,13 @@ def at_init_section(folder: Path) -> Section:
     for seed, summary in enumerate(summaries):
         for row in summary["sparsities"]:
             for run in runs:
-                m = row[run] if run == records.AT_INIT_PRUNED else row["controls"].get(run)
+                m = records.at_init_result(row, run)
                 if m is not None:
                     rows.append({
                         "member": seed, "sparsity": row["sparsity"], "network": run,
                         "percent_remaining": 100 * row["density"],
                         "test_acc_pct": 100 * m["test_accuracy"],
-                        "test_acc_best_val_pct": records.at_init_accuracy([summary], row["sparsity"], run)[0],
+                        "test_acc_best_val_pct": records.best_val_pct(m),
                         "best_val_step": m["best_val_step"],
                     })  # fmt: skip
     frame = pd.DataFrame(rows)

@@ -60,13 +60,26 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return total
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def check_threads(threads: int | None) -> None:
+    """--threads at most the cores this process may use."""
+    if threads is not None and threads > available_cores():
+        raise ConfigError(
+            f"--threads {threads} exceeds the {available_cores()} CPU cores available here"
+        )
+
+
 def default_threads(model: nn.Module, input_shape: tuple[int, ...], examples: int) -> int:
     """CPU threads for a run that names none: one thread per `WORK_PER_THREAD` multiply-adds of a
     step (a training step costs about three forward passes), at least one, at most the cores this
     process may use. Small networks get one thread: there a second one costs more in
     synchronisation than it saves, and many times more when the machine is busy."""
     work = multiply_adds(model, input_shape) * examples * 3
-    return max(1, min(len(os.sched_getaffinity(0)), int(work // WORK_PER_THREAD)))
+    return max(1, min(available_cores(), int(work // WORK_PER_THREAD)))
 
 
 @contextlib.contextmanager

@@ -51,19 +51,16 @@ class Splits:
     augment: bool
 
     def to(self, device: str | torch.device) -> Splits:
-        """A copy with every tensor moved to `device` (its digest, once computed, travels along)."""
-        moved = replace(
-            self,
-            train_x=self.train_x.to(device),
-            train_y=self.train_y.to(device),
-            val_x=self.val_x.to(device),
-            val_y=self.val_y.to(device),
-            test_x=self.test_x.to(device),
-            test_y=self.test_y.to(device),
-        )
+        """These splits on `device`: itself when already there (so its digest, hashed once, is
+        reused by every later run), else a copy that carries the digest if it was computed."""
+        names = ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y")
+        moved = {n: getattr(self, n).to(device) for n in names}
+        if all(moved[n] is getattr(self, n) for n in names):
+            return self
+        copy = replace(self, **moved)
         if "digest" in self.__dict__:
-            moved.__dict__["digest"] = self.digest
-        return moved
+            copy.__dict__["digest"] = self.digest
+        return copy
 
     @cached_property
     def digest(self) -> str:

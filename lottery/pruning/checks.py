@@ -32,7 +32,7 @@ def check_rate_scale(
 
 
 def keep_classes(
-    rate_scale: dict[str, float], model: nn.Module, granularity: str, flag: str = "--rate-scale"
+    rate_scale: dict[str, float], model: nn.Module, granularity: str
 ) -> dict[str, float]:
     """`rate_scale` with the output layer left unpruned under filter granularity: its rows are
     the classes, and a pruned row would remove a class from the network. A nonzero rate asked for
@@ -42,7 +42,7 @@ def keep_classes(
         return rate_scale
     if rate_scale.get(out, 0.0) != 0.0:
         raise ConfigError(
-            f"{flag}: filter pruning of the output layer {out!r} would remove classes "
+            f"--rate-scale: filter pruning of the output layer {out!r} would remove classes "
             "(its rows are the classes); give it 0 or leave it out"
         )
     return {**rate_scale, out: 0.0}

@@ -115,17 +115,22 @@ def small_init(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     return {n: -wi.abs() for n, wi, _ in _pairs(ctx)}
 
 
+def _ranks(flat: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank in a 1-D float64 tensor (0 = lowest), ties in order of position."""
+    ranks = torch.empty_like(flat)
+    ranks[torch.argsort(flat, stable=True)] = torch.arange(
+        flat.numel(), dtype=flat.dtype, device=flat.device
+    )
+    return ranks
+
+
 def _percentiles(values: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
     """Each entry's rank within its tensor as a fraction in [0, 1), pruned entries lowest and
     ties in order of position: the per-layer percentile of Zhou et al.'s released code."""
     flat = values.reshape(-1).double()
     if alive is not None:
         flat = flat.masked_fill(~alive.reshape(-1).to(flat.device), -torch.inf)
-    ranks = torch.empty_like(flat)
-    ranks[torch.argsort(flat, stable=True)] = torch.arange(
-        flat.numel(), dtype=flat.dtype, device=flat.device
-    )
-    return (ranks / flat.numel()).view(values.shape)
+    return (_ranks(flat) / flat.numel()).view(values.shape)
 
 
 def _both_pass(ctx: Context, sign: float) -> Scores:
@@ -311,11 +316,7 @@ def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     for n in names:
         removed[n] = torch.where(mask.tensors[n], SYNFLOW_ITERATIONS + 1, removed[n])
     flat = torch.cat([last[n].reshape(-1) for n in names])
-    ranks = torch.empty_like(flat)
-    ranks[torch.argsort(flat, stable=True)] = torch.arange(
-        flat.numel(), dtype=torch.float64, device=flat.device
-    )
-    ranks = (0.5 * ranks / flat.numel()).split([removed[n].numel() for n in names])
+    ranks = (0.5 * _ranks(flat) / flat.numel()).split([removed[n].numel() for n in names])
     return {n: removed[n] + r.view(removed[n].shape) for n, r in zip(names, ranks, strict=True)}
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from lottery.analysis.records import AT_INIT_PRUNED, at_init_table
+from lottery.analysis.records import AT_INIT_PRUNED, at_init_summaries, at_init_table
 from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.core.storage import provenance, read_json, write_bytes_atomic, write_json
@@ -134,9 +134,7 @@ def run_at_init(
     Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
     with hold(out):  # one writer per study folder, taken once everything is validated
         summaries = _study(cfgs, outs, data, settings, progress)
-        text = at_init_table(
-            [read_json(o / layout.SUMMARY) for o in layout.seed_dirs(out)] or summaries
-        )
+        text = at_init_table(at_init_summaries(out))  # every seed the folder holds
         write_bytes_atomic((text + "\n").encode(), out / layout.AT_INIT_TABLE)
         tqdm.write(text)
         return summaries

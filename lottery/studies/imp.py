@@ -153,17 +153,14 @@ def imp_defaults(model_name: str, model) -> dict[str, Any]:
 
 def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
     d = imp_defaults(model_name, model)
-    if imp.rate_scale is None:  # the paper's output-layer rate gives way to keeping every class
-        d["rate_scale"] = {**d["rate_scale"], **keep_classes({}, model, imp.granularity)}
+    rate_scale = imp.rate_scale
+    if rate_scale is None:  # the paper's output-layer rate gives way to keeping every class
+        rate_scale = {**d["rate_scale"], **keep_classes({}, model, imp.granularity)}
     return dataclasses.replace(
         imp,
         fraction=imp.fraction if imp.fraction is not None else d["fraction"],
         scope=imp.scope or d["scope"],
-        rate_scale=keep_classes(
-            imp.rate_scale if imp.rate_scale is not None else d["rate_scale"],
-            model,
-            imp.granularity,
-        ),
+        rate_scale=keep_classes(rate_scale, model, imp.granularity),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from torch import nn
 from lottery.core import distributed, layout, storage
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.device import check_fast_path, default_threads, place
+from lottery.core.device import check_fast_path, check_threads, default_threads, place
 from lottery.datasets import Splits
 from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
@@ -114,29 +115,40 @@ def check_schedule_fits(cfg: TrainConfig, total: int) -> None:
         )
 
 
-def check_threads(threads: int | None) -> None:
-    """--threads at most the CPU cores of this machine (torch crashes at absurd counts)."""
-    cores = os.cpu_count() or 1
-    if threads is not None and threads > cores:
-        raise ConfigError(f"--threads {threads} exceeds the {cores} CPU cores of this machine")
+def keep_previous(last: Path, previous: Path) -> None:
+    """Make `previous` the checkpoint `last` holds now, without `last` ever going missing: a hard
+    link (no copy) swapped in atomically; a copy where the file system has no hard links. The
+    name of the link while it is made is one `clean_leftovers` removes after a kill."""
+    link = previous.with_name(f".{previous.name}.hardlink.tmp")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(last, link)
+    except OSError:
+        shutil.copyfile(last, link)
+    os.replace(link, previous)
 
 
-def check_same_data(run_dir: Path, digest: str, finished: bool) -> None:
-    """Refuse to resume a run on other data than it started with (a finished run only reads
-    its records back). Runs recorded before the digest existed are not checked."""
+def check_resumable(run_dir: Path, cfg: TrainConfig, digest: str, finished: bool) -> dict:
+    """The run's config.json record ({} for a new run), after refusing to resume an unfinished
+    run on other data than it started with, or at another --threads (both change its numbers; a
+    finished run only reads its records back). Fields a record lacks (older runs) pass."""
     path = run_dir / layout.CONFIG
-    recorded = storage.read_json(path).get("data_digest") if path.exists() else None
-    if recorded not in (None, digest) and not finished:
+    record = storage.read_json(path) if path.exists() else {}
+    if finished:
+        return record
+    if record.get("data_digest") not in (None, digest):
         raise ConfigError(
-            f"{run_dir} started on other data (digest {recorded}, now {digest}): the dataset "
-            "files or --data-root changed; restore them or use a new --out"
+            f"{run_dir} started on other data (digest {record['data_digest']}, now {digest}): "
+            "the dataset files or --data-root changed; restore them or use a new --out"
         )
-
-
-def recorded_threads(run_dir: Path) -> int | None:
-    """The CPU thread count a run's config.json records, if the run was started."""
-    path = run_dir / layout.CONFIG
-    return storage.read_json(path).get("threads") if path.exists() else None
+    threads = record.get("threads")
+    if threads and cfg.threads not in (None, threads):
+        raise ConfigError(
+            f"{run_dir} started training with {threads} CPU threads; resuming it with "
+            f"--threads {cfg.threads} would change its results (omit --threads or pass "
+            f"--threads {threads})"
+        )
+    return record
 
 
 class Run:
@@ -166,7 +178,7 @@ class Run:
                 f"checkpoint steps {late} lie beyond the end of training ({self.total} steps)"
             )
         check_schedule_fits(self.cfg, self.total)
-        check_threads(self.cfg.threads)
+        check_threads(self.cfg.threads)  # torch crashes at absurd counts
         self.model = place(spec.model, self.cfg, device)
         self.mask = spec.mask.to(device) if spec.mask is not None else None
         if self.mask is not None:
@@ -174,19 +186,12 @@ class Run:
         self.data_description = data.describe()
         self.data_digest = data.digest
         self.device = device
+        recorded = check_resumable(self.dir, self.cfg, data.digest, self.finished())
         # --threads, else the count this run started with (so a resumed run continues exactly),
         # else one chosen from the network's size and the machine
-        check_same_data(self.dir, data.digest, self.finished())
-        recorded = recorded_threads(self.dir)
-        if recorded and self.cfg.threads not in (None, recorded) and not self.finished():
-            raise ConfigError(
-                f"{self.dir} started training with {recorded} CPU threads; resuming it with "
-                f"--threads {self.cfg.threads} would change its results (omit --threads or pass "
-                f"--threads {recorded})"
-            )
         self.threads = (
             self.cfg.threads
-            or recorded
+            or recorded.get("threads")
             or default_threads(spec.model, data.input_shape, self.cfg.batch_size)
         )
         self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content
@@ -251,12 +256,14 @@ class Run:
         one at step `at` when given, else the latest)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self.write_config()
-        points = self.resume_points()
-        if not points:
+        if at is not None:
+            path = self.resume_points()[at]
+        else:
+            path = self.last if distributed.from_main(self.last.exists()) else None
+        if path is None:
             if distributed.is_main():
                 storage.write_jsonl([], self.metrics)
             return None
-        path = points[at if at is not None else max(points)]
         ck = storage.load_checkpoint(path, map_location=self.device)
         if ck.get("fingerprint") != self.fingerprint:
             raise storage.CheckpointError(
@@ -344,7 +351,7 @@ class Run:
             storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
         if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
             if self.last.exists():
-                os.replace(self.last, self.previous)
+                keep_previous(self.last, self.previous)
             storage.save_checkpoint(state, self.last)
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
