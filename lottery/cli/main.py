@@ -2,7 +2,9 @@
 
 Each subcommand lives in `lottery.cli.commands.<name>` and provides `add_parser(subparsers)` that
 registers itself and sets `func`; shared flags come from `add_train_args`. Only the subcommand
-being run is imported, so `lottery --help` and `--version` load no torch.
+being run is imported, and a command module takes its choices from the torch-free registries
+(`lottery.datasets`, `lottery.pruning.names`, `lottery.studies.names`) and imports what trains
+inside its `run`: so `lottery --help`, `--version` and every `lottery CMD --help` load no torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any, NoReturn
 
 from lottery import __version__
 from lottery.core.config import ConfigError, TrainConfig, field_value
+from lottery.datasets import DATASETS
+from lottery.pruning.names import CRITERIA
 
 # Subcommand -> one-line help (the module `lottery.cli.commands.<name>` registers the full parser).
 COMMANDS: dict[str, str] = {
@@ -70,8 +74,6 @@ def add_mask_args(
     g: argparse._ArgumentGroup, criteria: Iterable[str] | None = None, criterion: str = "magnitude"
 ) -> None:
     """--granularity and --criterion (from `criteria`, default every registered one)."""
-    from lottery.pruning.criteria import CRITERIA  # torch loads only for the command being run
-
     g.add_argument(
         "--granularity",
         type=parse_granularity,
@@ -122,8 +124,6 @@ def add_config_args(p: argparse.ArgumentParser, helps: dict[str, str] | None = N
 def add_train_args(p: argparse.ArgumentParser, out_default: str) -> None:
     """Flags shared by every subcommand that trains (same names everywhere): the configuration's
     fields, CUDA fast-path switches, --config, --download, --out and --no-progress."""
-    from lottery.datasets import DATASETS  # imported here so `lottery --help` loads no torch
-
     add_config_args(p, {"dataset": f": {', '.join(DATASETS)}"})
     g = p.add_argument_group("files and fast path")
     g.add_argument(

@@ -3,7 +3,7 @@
 A criterion maps a `Context` (current weights, θ0 and rewind weights, the model, the mask so far,
 the target sparsity, seeded training batches, scores accumulated in training) to one score tensor
 per masked weight. HIGHER = KEEP: the mask engine (`lottery.pruning.masks.prune`) removes the lowest.
-A new criterion is one function plus one line in `CRITERIA`.
+A new criterion is one function plus one line in `lottery.pruning.names.CRITERIA`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch.func import functional_call
 
 from lottery.core.batches import BatchStream
 from lottery.pruning.masks import Mask, MaskError, prune
+from lottery.pruning.names import CRITERIA, NEEDS, criterion_needs
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 Scores = dict[str, torch.Tensor]
@@ -53,27 +54,6 @@ class Context:
         return {
             n: w.detach() * self.mask.tensors[n].to(w.device, w.dtype) for n, w in weights.items()
         }
-
-
-Fn = Callable[[Context, torch.Generator | None], Scores]
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """A scoring function and the Context fields it cannot do without."""
-
-    fn: Fn
-    needs: tuple[str, ...] = ()
-
-
-NEEDS = {
-    "start": "the initial (or rewind) weights",
-    "model": "the model",
-    "batches": "training batches",
-    "input_shape": "the input shape",
-    "sparsity": "the target sparsity",
-    "movement": "scores accumulated during training (use it with a gradual schedule)",
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,52 +300,27 @@ def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
     return {n: removed[n] + r.view(removed[n].shape) for n, r in zip(names, ranks, strict=True)}
 
 
-# ---------------------------------------------------------------------------------------------
-# The registry.
-
-CRITERIA: dict[str, Criterion] = {
-    "magnitude": Criterion(magnitude),
-    "large_final": Criterion(magnitude),
-    "random": Criterion(random),
-    "small_final": Criterion(small_final),
-    "large_init": Criterion(large_init, ("start",)),
-    "small_init": Criterion(small_init, ("start",)),
-    "large_init_large_final": Criterion(large_init_large_final, ("start",)),
-    "small_init_small_final": Criterion(small_init_small_final, ("start",)),
-    "large_init_large_final_min": Criterion(large_init_large_final_min, ("start",)),
-    "small_init_small_final_max": Criterion(small_init_small_final_max, ("start",)),
-    "magnitude_increase": Criterion(magnitude_increase, ("start",)),
-    "movement": Criterion(movement, ("start",)),
-    "snip": Criterion(snip, ("model", "batches")),
-    "grasp": Criterion(grasp, ("model", "batches")),
-    "synflow": Criterion(synflow, ("model", "input_shape", "sparsity")),
-    "movement-pruning": Criterion(movement_pruning, ("movement",)),
-}
-
-
-def check(name: str, have: set[str] | None = None) -> Criterion:
-    """The registered criterion `name`; with `have` (Context fields a caller can fill), refuse
-    one that needs something else, so a command fails before it writes anything."""
+def check(name: str, have: set[str] | None = None) -> tuple[str, ...]:
+    """The Context fields criterion `name` needs; an unknown name, or (with `have`, the fields a
+    caller can fill) one that needs something else, is refused before a command writes anything."""
     if name not in CRITERIA:
         raise MaskError(f"unknown pruning criterion {name!r}; choose from {sorted(CRITERIA)}")
-    crit = CRITERIA[name]
-    if have is not None:
-        missing = [need for need in crit.needs if need not in have]
-        if missing:
-            raise MaskError(
-                f"criterion {name!r} needs {NEEDS[missing[0]]}, which is not available here"
-            )
-    return crit
+    needs = criterion_needs(name)
+    missing = [need for need in needs if have is not None and need not in have]
+    if missing:
+        raise MaskError(
+            f"criterion {name!r} needs {NEEDS[missing[0]]}, which is not available here"
+        )
+    return needs
 
 
 def score(name: str, ctx: Context, seed: int | None = None) -> Scores:
     """Scores of `ctx.weights` by the criterion `name` (higher = keep), seeded where it draws."""
-    crit = check(name)
-    for need in crit.needs:
+    for need in check(name):
         if getattr(ctx, need) is None:
             raise MaskError(f"criterion {name!r} needs {NEEDS[need]}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return crit.fn(ctx, gen)
+    return CRITERIA[name](ctx, gen)
 
 
 def training_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:

@@ -21,14 +21,13 @@ import torch
 from torch import nn
 
 from lottery.core.storage import write_bytes_atomic
+from lottery.pruning.names import GRANULARITIES, SCOPES
 
 if TYPE_CHECKING:
     from lottery.core.optim import Optimizer
 
 MASK_FORMAT = "lottery-mask/1"
 SPARSE_FORMAT = "lottery-sparse-weights/1"
-GRANULARITIES = ("weight", "filter", "channel")
-SCOPES = ("global", "layer")
 
 
 class MaskError(ValueError):

@@ -21,9 +21,10 @@ from lottery.core import distributed
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import write_jsonl
-from lottery.datasets import Splits
-from lottery.pruning.criteria import CRITERIA, Batches, Context, check, score
-from lottery.pruning.masks import SCOPES, Mask, MaskError, check_granularity, prune
+from lottery.datasets.loading import Splits
+from lottery.pruning.criteria import Batches, Context, check, score
+from lottery.pruning.masks import Mask, MaskError, check_granularity, prune
+from lottery.pruning.names import SCOPES, criterion_needs
 from lottery.pruning.schedules import Schedule
 
 
@@ -133,7 +134,7 @@ class GradualPruner:
         target = self.target(step)
         params = dict(model.named_parameters())
         weights = {n: params[n].detach() for n in mask.names()}
-        if self.initial is None and "start" in CRITERIA[self.criterion].needs:
+        if self.initial is None and "start" in criterion_needs(self.criterion):
             # the first update (step 0) sees the initial weights
             self.initial = {n: w.clone() for n, w in weights.items()}
         if self.criterion == "movement-pruning" and self.movement is None:

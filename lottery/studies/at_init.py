@@ -33,7 +33,7 @@ from lottery.analysis.records import AT_INIT_PRUNED, at_init_summaries, at_init_
 from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.core.storage import provenance, read_json, write_bytes_atomic, write_json
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.checks import check_prune, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
@@ -45,16 +45,15 @@ from lottery.pruning.masks import (
     prune,
     random_mask_like,
 )
+from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, TrainResult
 from lottery.training.runfolder import hold
 from lottery.training.setup import compact_run, load_data, make_model
 from lottery.training.trainer import Trainer
 
-CONTROLS = ("layer-shuffle", "reinit", "invert")
 PRUNED = AT_INIT_PRUNED  # the run of the criterion's own mask
 # What pruning at initialisation can offer a criterion (no trained or accumulated weights).
-CONTEXT = {"model", "batches", "input_shape", "sparsity"}
 
 
 REINIT_OFFSET = 7919  # reinit seed = init seed + this
@@ -70,7 +69,7 @@ class AtInitConfig:
     scope: str = "global"  # as the papers prune
     granularity: str = "weight"
     rate_scale: dict[str, float] = field(default_factory=dict)
-    controls: tuple[str, ...] = CONTROLS
+    controls: tuple[str, ...] = AT_INIT_CONTROLS
     score_batches: int = 1
     batched: bool = False
 
@@ -78,7 +77,7 @@ class AtInitConfig:
         self.sparsities = tuple(float(s) for s in self.sparsities)
         self.controls = tuple(self.controls)
         try:
-            check(self.criterion, CONTEXT)
+            check(self.criterion, AT_INIT_CONTEXT)
             check_granularity(self.granularity)
             for s in self.sparsities:
                 check_rate(s, "sparsity")
@@ -90,9 +89,9 @@ class AtInitConfig:
             raise ConfigError(f"sparsities must be distinct, got {list(self.sparsities)}")
         if self.scope not in SCOPES:
             raise ConfigError(f"unknown pruning scope {self.scope!r}; choose from {SCOPES}")
-        bad = [c for c in self.controls if c not in CONTROLS]
+        bad = [c for c in self.controls if c not in AT_INIT_CONTROLS]
         if bad:
-            raise ConfigError(f"unknown control {bad[0]!r}; choose from {CONTROLS}")
+            raise ConfigError(f"unknown control {bad[0]!r}; choose from {AT_INIT_CONTROLS}")
         if self.score_batches < 1:
             raise ConfigError(f"score batches must be >= 1, got {self.score_batches}")
 
@@ -183,7 +182,7 @@ def _sparsity_runs(
 ) -> list[tuple[str, RunSpec]]:
     """The criterion's sparse network and its controls at one sparsity, as runs to train."""
     sdir = layout.sparsity_dir(out, sparsity)
-    path = {name: layout.control_dir(sdir, name) / layout.MASK for name in CONTROLS}
+    path = {name: layout.control_dir(sdir, name) / layout.MASK for name in AT_INIT_CONTROLS}
     path[PRUNED] = sdir / layout.MASK
     cache: dict[str, Any] = {}
 

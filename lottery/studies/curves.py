@@ -26,7 +26,7 @@ from torch import nn
 from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint, write_json
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.models.registry import output_layer_name
 from lottery.pruning.checks import keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
@@ -41,35 +41,11 @@ from lottery.pruning.masks import (
     prune,
     save_sparse,
 )
+from lottery.studies.names import CURVE_SPARSITIES, TICKET_CONTEXT, Method, methods
 from lottery.studies.rewind_sweep import train_dense
 from lottery.training.runfolder import recorded_config
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
-
-SPARSITIES = tuple(round(0.05 * i, 2) for i in range(20))  # 0%, 5%, ..., 95%
-# What a curve can offer a criterion: θ0 (rebuilt from the run's seed), the model, batches.
-CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
-
-
-@dataclass(frozen=True)
-class Method:
-    """How one curve prunes: scope, granularity and criterion of the shared mask engine."""
-
-    name: str
-    scope: str
-    granularity: str
-    criterion: str
-
-
-def methods(norm: float = 2.0) -> dict[str, Method]:
-    """The compared methods by name; structured pruning ranks filters by their `norm`-norm."""
-    structured = f"layer-filter-l{norm:g}"
-    return {
-        "layer-l1": Method("layer-l1", "layer", "weight", "magnitude"),
-        structured: Method(structured, "layer", "filter", "magnitude"),
-        "global-l1": Method("global-l1", "global", "weight", "magnitude"),
-        "random": Method("random", "layer", "weight", "random"),
-    }
 
 
 def resolve_method(name: str, norm: float = 2.0) -> Method:
@@ -84,7 +60,7 @@ def resolve_method(name: str, norm: float = 2.0) -> Method:
             f"SCOPE/GRANULARITY/CRITERION with SCOPE in {SCOPES}"
         )
     check_granularity(parts[1])
-    check(parts[2], CONTEXT)
+    check(parts[2], TICKET_CONTEXT)
     return Method(name, *parts)
 
 
@@ -128,7 +104,7 @@ def pruning_curve(
     data: Splits,
     *,
     names: list[str] | None = None,
-    sparsities: tuple[float, ...] = SPARSITIES,
+    sparsities: tuple[float, ...] = CURVE_SPARSITIES,
     seed: int = 0,
     norm: float = 2.0,
     prune_output: bool = False,
@@ -196,7 +172,7 @@ def sizes_on_disk(
     model: nn.Module,
     *,
     method: str = "global-l1",
-    sparsities: tuple[float, ...] = SPARSITIES,
+    sparsities: tuple[float, ...] = CURVE_SPARSITIES,
     seed: int = 0,
     norm: float = 2.0,
     prune_output: bool = False,
@@ -250,7 +226,7 @@ def trained_run(run_dir: str | Path) -> tuple[TrainConfig, dict[str, torch.Tenso
 
 def check_curve(
     names: list[str],
-    sparsities: tuple[float, ...] = SPARSITIES,
+    sparsities: tuple[float, ...] = CURVE_SPARSITIES,
     norm: float = 2.0,
     prune_output: bool = False,
 ) -> None:
@@ -277,7 +253,7 @@ def run_curve(
     *,
     source: str | Path | None = None,
     names: list[str] | None = None,
-    sparsities: tuple[float, ...] = SPARSITIES,
+    sparsities: tuple[float, ...] = CURVE_SPARSITIES,
     size_method: str = "global-l1",
     seed: int = 0,
     norm: float = 2.0,

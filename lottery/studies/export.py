@@ -3,7 +3,7 @@
 A pruned dense tensor runs no faster: speed needs structure (compaction: pruned filters physically
 removed, DepGraph's problem, Fang et al., CVPR 2023) or sparse kernels (CSR for unstructured masks,
 NVIDIA's semi-structured 2:4 on Ampere and later, Mishra et al. 2021, arXiv 2104.08378). Each route
-is one function in ROUTES. A saved export is a JSON spec of its layers plus a state dict, loaded
+is one function here plus one line in `lottery.studies.names.ROUTES`. A saved export is a JSON spec of its layers plus a state dict, loaded
 with weights_only=True and rebuilt by this module, so loading never runs pickled code.
 """
 
@@ -26,6 +26,7 @@ from torch import nn
 from lottery.core.storage import write_bytes_atomic
 from lottery.models.registry import build_model
 from lottery.pruning.masks import Mask
+from lottery.studies.names import ROUTES
 
 EXPORT_FORMAT = "lottery-export/1"
 
@@ -45,6 +46,14 @@ class Architecture:
 
     def build(self) -> nn.Module:
         return build_model(self.model, self.input_shape, self.num_classes, width=self.width)
+
+    @classmethod
+    def of_run(cls, record: dict) -> Architecture:
+        """The network a run's config.json record describes."""
+        data, cfg = record["data"], record["config"]
+        return cls(
+            cfg["model"], tuple(data["input_shape"]), data["num_classes"], cfg.get("width", 1)
+        )
 
 
 @dataclass
@@ -308,14 +317,6 @@ def export_compact(model: nn.Module, mask: Mask | None, arch: Architecture) -> E
         else:
             layers.append((short, copy.deepcopy(module)))
     return Exported("compact", nn.Sequential(OrderedDict(layers)).eval(), None)
-
-
-ROUTES: dict[str, Callable[[nn.Module, Mask | None, Architecture], Exported]] = {
-    "compact": export_compact,
-    "sparse": export_sparse,
-    "2:4": export_two_four,
-    "dense": export_dense,
-}
 
 
 def export(route: str, model: nn.Module, mask: Mask | None, arch: Architecture) -> Exported:

@@ -20,19 +20,18 @@ from torch import nn
 from lottery.core import distributed, layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.models.registry import conv_weight_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import GradualPruner, run_length
 from lottery.pruning.schedules import Schedule
+from lottery.studies.names import LAYERS
 from lottery.training.engine import Hooks, train_runs
 from lottery.training.run import RunSpec, TrainResult
 from lottery.training.runfolder import hold
 from lottery.training.setup import make_model
-
-LAYERS = ("all", "conv")
 
 
 @dataclass

@@ -25,10 +25,10 @@ from lottery.core import distributed, layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
 from lottery.core.device import resolve_device
 from lottery.core.storage import provenance, read_json, write_json
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.models.registry import output_layer_name, prunable_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
-from lottery.pruning.criteria import CRITERIA, Context, check, score, training_batches
+from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.masks import (
     Mask,
     MaskError,
@@ -38,13 +38,13 @@ from lottery.pruning.masks import (
     prune,
     random_mask_like,
 )
+from lottery.pruning.names import criterion_needs
 from lottery.pruning.pruner import run_length
+from lottery.studies.names import IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState, TrainResult
 from lottery.training.runfolder import describe_diff, hold
 from lottery.training.setup import compact_run, load_data, make_model
-
-RESETS = ("init", "rewind", "lr-rewind", "finetune")
 
 # Seeds derived for each round from the search's init seed. SEED_STRIDE keeps searches with
 # different init seeds apart for up to 1000 rounds; the primes keep the two controls' seeds from
@@ -68,9 +68,7 @@ def random_prune_seed(init_seed: int, r: int) -> int:
     return init_seed * SEED_STRIDE + RANDOM_PRUNE_PRIME * r
 
 
-CONTROLS = ("random-reinit", "random-prune")
 # What a round's pruning can offer a criterion (scores accumulated in training are not kept).
-CONTEXT = {"start", "model", "batches", "input_shape", "sparsity"}
 
 
 @dataclass
@@ -101,14 +99,14 @@ class IMPConfig:
             raise ConfigError(f"rounds must be >= 0, got {self.rounds}")
         if self.reset not in RESETS:
             raise ConfigError(f"unknown reset {self.reset!r}; choose from {RESETS}")
-        bad = set(self.controls) - set(CONTROLS)
+        bad = set(self.controls) - set(IMP_CONTROLS)
         if bad:
-            raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {CONTROLS}")
+            raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {IMP_CONTROLS}")
         if self.fraction is not None:
             check_rate(self.fraction, "prune fraction per round")
         try:
             check_granularity(self.granularity)
-            check(self.criterion, CONTEXT)
+            check(self.criterion, TICKET_CONTEXT)
         except MaskError as e:
             raise ConfigError(str(e)) from None
         if self.rewind_step < 0:
@@ -444,7 +442,7 @@ def _criterion_context(
     device = data.train_x.device
     names = mask.names()
     model = None
-    if "model" in CRITERIA[imp.criterion].needs:
+    if "model" in criterion_needs(imp.criterion):
         model = make_model(cfg, data).to(device)
         model.load_state_dict(weights)
     return Context(

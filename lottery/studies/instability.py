@@ -29,16 +29,16 @@ from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask, MaskError
 from lottery.pruning.pruner import run_length
+from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
 from lottery.training.run import StartState
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer
 
-MIN_POINTS = 11
 Pair = tuple[int, int]  # the data seeds of two copies trained from the same state
 # The one-pair record of a step folder written before sweeps took several pairs.
 LEGACY_CURVE = "curve.json"

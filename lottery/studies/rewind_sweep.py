@@ -16,7 +16,7 @@ from lottery.analysis.overlap import pairwise
 from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import write_json
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
 from lottery.studies.imp import IMPConfig, run_searches
 from lottery.training.run import TrainResult

@@ -20,10 +20,8 @@ from torch import nn
 from lottery.pruning.masks import Mask
 from lottery.studies.curves import methods, one_shot_mask, sizes_on_disk
 from lottery.studies.export import Architecture, Exported, ExportError, export, stored_numbers
+from lottery.studies.names import SPEED_BATCHES, SWEEP_ROUTES, SWEEP_SPARSITIES
 
-BATCHES = (1, 256)
-SWEEP_ROUTES = ("compact", "sparse")
-SWEEP_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 MIN_SAMPLE_S = 0.02  # each timed sample repeats the forward pass until it lasts about this long
 
 
@@ -84,7 +82,7 @@ def measure(
     arch: Architecture,
     routes: tuple[str, ...],
     *,
-    batches: tuple[int, ...] = BATCHES,
+    batches: tuple[int, ...] = SPEED_BATCHES,
     repeats: int = 11,
     seed: int = 0,
 ) -> list[dict]:
@@ -132,7 +130,7 @@ def sweep(
     sparsities: tuple[float, ...] = SWEEP_SPARSITIES,
     routes: tuple[str, ...] = SWEEP_ROUTES,
     *,
-    batches: tuple[int, ...] = BATCHES,
+    batches: tuple[int, ...] = SPEED_BATCHES,
     repeats: int = 11,
     norm: float = 2.0,
     prune_output: bool = False,

@@ -26,7 +26,7 @@ from lottery.core import distributed
 from lottery.core.config import ConfigError
 from lottery.core.device import autocast, resolve_device, run_threads
 from lottery.core.optim import Optimizer
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
 from lottery.training.run import Run, RunSpec, StartState, TrainResult
 from lottery.training.stacked import SingleCopy, StackedCopies

@@ -23,7 +23,7 @@ from lottery.core import distributed, layout, storage
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import check_fast_path, check_threads, default_threads, place
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest

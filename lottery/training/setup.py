@@ -13,7 +13,7 @@ from lottery.core import distributed, layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import resolve_device
 from lottery.core.storage import load_checkpoint, read_json
-from lottery.datasets import Splits, load_dataset
+from lottery.datasets.loading import Splits, load_dataset
 from lottery.models.registry import build_model
 from lottery.pruning.masks import Mask, load_sparse, save_sparse
 from lottery.training.runfolder import recorded_config

@@ -17,7 +17,7 @@ from lottery.core.batches import BatchStream
 from lottery.core.config import TrainConfig
 from lottery.core.device import resolve_device
 from lottery.core.optim import Optimizer
-from lottery.datasets import Splits
+from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
 from lottery.training.engine import Hooks, fit_one

@@ -1,5 +1,6 @@
-"""Start-up stays light: `lottery --help`/`--version` load no torch, a training command no
-torchvision/scipy/plotting; every subcommand takes --no-progress and shows defaults in --help."""
+"""Start-up stays light: `lottery --help`/`--version` and every `lottery CMD --help` load no torch
+(nor numpy, scipy or plotting), a training command no torchvision/scipy/plotting; every
+subcommand takes --no-progress and shows defaults in --help."""
 
 from __future__ import annotations
 
@@ -28,6 +29,26 @@ def test_help_and_version_import_no_torch():
     out = subprocess.run([sys.executable, "-m", "lottery", "--version"], capture_output=True,
                          text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == f"lottery {lottery.__version__}"
+
+
+def test_every_command_help_imports_nothing_heavy():
+    """Each parser takes its choices from the torch-free registries, and the help it prints lists
+    every registered dataset, criterion, scope, control and route."""
+    code = (
+        "import contextlib, io\n"
+        "from lottery.cli.main import COMMANDS, main\n"
+        "for name in COMMANDS:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        assert main([name, '--help']) == 0, name"
+    )
+    assert loaded_after(code) == []
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = {name: " ".join(p.format_help().split()) for name, p in sub.choices.items()}
+    assert all(name in text["train"] for name in lottery.DATASETS)
+    usable_at_init = "{grasp,large_final,magnitude,random,small_final,snip,synflow}"
+    assert f"--criterion {usable_at_init}" in text["at-init"]  # none needing θ0 or movement
+    assert all(name in text["imp"] for name in [*lottery.CRITERIA, "random-reinit", "lr-rewind"])
+    assert "--as {compact,sparse,2:4,dense}" in text["export"]
 
 
 @pytest.mark.parametrize("command", ["train", "imp", "prune", "rewind-sweep"])

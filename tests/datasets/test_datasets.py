@@ -16,19 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from lottery import datasets
-from lottery.datasets import (
-    DATASETS,
-    DatasetNotFoundError,
-    UnknownDatasetError,
-    cache,
-    load_dataset,
-    synthetic,
-)
+from lottery.datasets import DATASETS, cache, synthetic
+from lottery.datasets import loading as datasets
 from lottery.datasets.cifar10 import CIFAR10_BATCHES, CIFAR10_DIR, read_cifar10
 from lottery.datasets.download import RemoteFile, fetch_all
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
 from lottery.datasets.idx import read_idx
+from lottery.datasets.loading import DatasetNotFoundError, UnknownDatasetError, load_dataset
 from lottery.datasets.spec import DatasetSpec, Files
 
 IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D}
@@ -102,9 +96,9 @@ def row_keys(x: torch.Tensor) -> set[bytes]:
 
 def patch_files(monkeypatch, name: str, **changes) -> None:
     """Register `name` with its Files changed by `changes`, for this test only."""
-    spec = datasets.REGISTRY[name]
+    spec = DATASETS[name]
     changed = replace(spec, files=replace(spec.files, **changes))
-    monkeypatch.setitem(datasets.REGISTRY, name, changed)
+    monkeypatch.setitem(DATASETS, name, changed)
 
 
 @pytest.fixture
@@ -241,7 +235,7 @@ def test_normalisation_is_bitwise_the_out_of_place_formula_and_spares_the_source
     """In-place normalising gives exactly (x - mean) / std and never writes the reader's tensors."""
     raw = synthetic.generate()
     spec = replace(synthetic.SYNTHETIC, mean=(0.3,), std=(1.7,), generate=lambda: raw)
-    monkeypatch.setitem(datasets.REGISTRY, "synthetic", spec)
+    monkeypatch.setitem(DATASETS, "synthetic", spec)
     before = raw[2].clone()
     splits = load_dataset("synthetic")
     assert torch.equal(raw[2], before)
@@ -432,8 +426,8 @@ def test_cache_root_from_env(tmp_path, monkeypatch):
 def test_cached_load_equals_fresh_decode(tmp_path, cache_dir, name):
     folder = tmp_path / "data"
     fake_idx_dataset(folder) if name == "mnist" else fake_cifar_dir(folder)
-    files, calls = counting(datasets.REGISTRY[name].files)
-    fresh = datasets.REGISTRY[name].files.read(folder)
+    files, calls = counting(DATASETS[name].files)
+    fresh = DATASETS[name].files.read(folder)
     first = cache.read_cached(files, folder)
     again = cache.read_cached(files, folder)
     assert calls == [folder] and len(list(cache_dir.glob("*/*/key.json"))) == 1
@@ -447,7 +441,7 @@ def test_cached_load_equals_fresh_decode(tmp_path, cache_dir, name):
 def test_changed_or_truncated_source_is_decoded_anew(tmp_path, cache_dir):
     folder = tmp_path / "data"
     fake_idx_dataset(folder)
-    files, calls = counting(datasets.REGISTRY["mnist"].files)
+    files, calls = counting(DATASETS["mnist"].files)
     cache.read_cached(files, folder)
     labels = folder / "train-labels-idx1-ubyte.gz"
     mtime = labels.stat().st_mtime_ns
@@ -466,8 +460,8 @@ def test_changed_or_truncated_source_is_decoded_anew(tmp_path, cache_dir):
 def test_damaged_entry_is_decoded_anew(tmp_path, cache_dir):
     folder = tmp_path / "data"
     fake_idx_dataset(folder)
-    files, calls = counting(datasets.REGISTRY["mnist"].files)
-    fresh = datasets.REGISTRY["mnist"].files.read(folder)
+    files, calls = counting(DATASETS["mnist"].files)
+    fresh = DATASETS["mnist"].files.read(folder)
     cache.read_cached(files, folder)
     (stored,) = cache_dir.glob("*/*/0.npy")
     stored.write_bytes(stored.read_bytes()[:200])
@@ -482,8 +476,8 @@ def test_unwritable_cache_still_loads(tmp_path, monkeypatch):
     monkeypatch.setenv("LOTTERY_CACHE", str(blocker / "cache"))
     folder = tmp_path / "data"
     fake_idx_dataset(folder)
-    files, calls = counting(datasets.REGISTRY["mnist"].files)
-    fresh = datasets.REGISTRY["mnist"].files.read(folder)
+    files, calls = counting(DATASETS["mnist"].files)
+    fresh = DATASETS["mnist"].files.read(folder)
     for _ in range(2):
         assert_same_raw(cache.read_cached(files, folder), fresh)
     assert len(calls) == 2 and blocker.read_text() == "not a folder"
@@ -614,7 +608,7 @@ def test_registering_a_toy_dataset_makes_it_loadable(tmp_path, monkeypatch):
             download=fetch_all,
         ),
     )
-    monkeypatch.setitem(datasets.REGISTRY, "toy", toy)
+    monkeypatch.setitem(DATASETS, "toy", toy)
     with pytest.raises(UnknownDatasetError, match="toy"):
         load_dataset("nope")
     with pytest.raises(DatasetNotFoundError) as err:

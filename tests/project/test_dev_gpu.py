@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from experiments.benchmarks.bench_disk import round_bytes
-from lottery.datasets import load_dataset
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
+from lottery.datasets.loading import load_dataset
 from tests.datasets.test_datasets import patch_files
 
 REPO = Path(__file__).resolve().parents[2]

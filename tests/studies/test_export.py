@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from lottery.cli.main import main
-from lottery.datasets import load_dataset
 from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
+from lottery.datasets.loading import load_dataset
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
 from lottery.pruning.masks import Mask, prune

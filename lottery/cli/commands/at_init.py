@@ -13,13 +13,8 @@ from lottery.cli.main import (
     show_progress,
 )
 from lottery.core import layout
-from lottery.pruning.criteria import CRITERIA
-from lottery.pruning.masks import SCOPES
-from lottery.studies.at_init import CONTEXT, CONTROLS, AtInitConfig, run_at_init
-from lottery.training.runfolder import check_writable
-from lottery.training.setup import load_data
-
-USABLE = sorted(n for n, c in CRITERIA.items() if set(c.needs) <= CONTEXT)
+from lottery.pruning.names import SCOPES, usable
+from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma-separated sparsities in [0, 1) (default 0.5,0.8,0.9,0.95,0.98)",
     )
     g.add_argument("--scope", choices=SCOPES, default="global", help="global as the papers do")
-    add_mask_args(g, USABLE, "snip")
+    add_mask_args(g, usable(AT_INIT_CONTEXT), "snip")
     g.add_argument(
         "--rate-scale",
         type=parse_scales,
@@ -49,8 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--controls",
         type=lambda s: tuple(filter(None, s.split(","))),
-        default=CONTROLS,
-        help=f"comma-separated, from {', '.join(CONTROLS)} (default: all; 'none' for none)",
+        default=AT_INIT_CONTROLS,
+        help=f"comma-separated, from {', '.join(AT_INIT_CONTROLS)} (default: all; 'none' for none)",
     )
     g.add_argument(
         "--score-batches", type=int, default=1, help="batches SNIP/GraSP score on (default 1)"
@@ -70,6 +65,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.studies.at_init import AtInitConfig, run_at_init
+    from lottery.training.runfolder import check_writable
+    from lottery.training.setup import load_data
+
     cfg = config_from_args(args)
     check_writable(args.out, "--out", kinds=("at-init", "seeds"))
     controls = () if args.controls == ("none",) else args.controls

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats, show_progress
-from lottery.studies.curves import SPARSITIES, check_curve, methods, run_curve
-from lottery.training.runfolder import check_writable, hold
-from lottery.training.setup import load_data
+from lottery.studies.names import CURVE_SPARSITIES, methods
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sparsities",
         type=parse_floats,
-        default=SPARSITIES,
+        default=CURVE_SPARSITIES,
         help="comma-separated sparsities in [0, 1) (default 0, 0.05, ..., 0.95)",
     )
     p.add_argument(
@@ -81,6 +79,9 @@ def grid(
 
 def run(args: argparse.Namespace) -> int:
     from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
+    from lottery.studies.curves import check_curve, run_curve
+    from lottery.training.runfolder import check_writable, hold
+    from lottery.training.setup import load_data
 
     cfg = config_from_args(args)
     names = args.methods

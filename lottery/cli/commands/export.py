@@ -5,22 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from lottery.cli.main import add_progress_flag
-from lottery.core.device import resolve_device
-from lottery.studies.export import (
-    ROUTES,
-    Architecture,
-    check_semi_structured_device,
-    export,
-    load_export,
-    save_export,
-    stored_numbers,
-)
-from lottery.training.runfolder import check_writable
-from lottery.training.setup import load_data, load_run
-from lottery.training.stacked import evaluate
+from lottery.studies.names import ROUTES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,15 +27,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def architecture(record: dict) -> Architecture:
-    """The network a run's config.json describes."""
-    data, cfg = record["data"], record["config"]
-    return Architecture(
-        cfg["model"], tuple(data["input_shape"]), data["num_classes"], cfg.get("width", 1)
-    )
-
-
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lottery.core.device import resolve_device
+    from lottery.studies.export import (
+        Architecture,
+        check_semi_structured_device,
+        export,
+        load_export,
+        save_export,
+        stored_numbers,
+    )
+    from lottery.training.runfolder import check_writable
+    from lottery.training.setup import load_data, load_run
+    from lottery.training.stacked import evaluate
+
     device = resolve_device(args.device)
     if args.route == "2:4":
         check_semi_structured_device(device)
@@ -57,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is a folder; give the export file's path")
     check_writable(args.out, "--out", folder=False)
     loaded = load_run(args.run_dir, device)
-    arch = architecture(loaded.record)
+    arch = Architecture.of_run(loaded.record)
     exported = export(args.route, loaded.model, loaded.mask, arch)
     size = save_export(exported, args.out, info={"run": str(args.run_dir)})
     back = load_export(args.out, device)

@@ -14,10 +14,8 @@ from lottery.cli.main import (
     parse_scales,
     show_progress,
 )
-from lottery.pruning.masks import SCOPES
-from lottery.studies.imp import CONTROLS, RESETS, IMPConfig, run_imp, run_imp_seeds
-from lottery.training.runfolder import check_writable
-from lottery.training.setup import load_data
+from lottery.pruning.names import SCOPES
+from lottery.studies.names import IMP_CONTROLS, RESETS
 
 
 def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -44,7 +42,7 @@ def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         "--controls",
         type=lambda s: tuple(filter(None, s.split(","))),
         default=(),
-        help=f"comma-separated, from {', '.join(CONTROLS)}",
+        help=f"comma-separated, from {', '.join(IMP_CONTROLS)}",
     )
     g.add_argument(
         "--control-rounds",
@@ -99,6 +97,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.studies.imp import IMPConfig, run_imp, run_imp_seeds
+    from lottery.training.runfolder import check_writable
+    from lottery.training.setup import load_data
+
     cfg = config_from_args(args)
     check_writable(args.out, "--out", kinds=("search", "seeds"))
     if args.download:

@@ -5,19 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery.analysis.overlap import load_mask
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
 from lottery.core.config import ConfigError
-from lottery.studies.instability import (
-    MIN_POINTS,
-    Pair,
-    check_pairs,
-    default_pairs,
-    instability_sweep,
-)
-from lottery.training.runfolder import check_writable, hold, recorded_config
-from lottery.training.setup import load_data
+from lottery.studies.names import MIN_POINTS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def parse_pairs(text: str) -> list[Pair]:
+def parse_pairs(text: str) -> list[tuple[int, int]]:
     """`--seeds`: `A:B,C:D,...` (several pairs) or `A,B` (one pair), as int pairs."""
     items = [t.strip() for t in text.split(",") if t.strip()]
     try:
@@ -81,10 +72,11 @@ def parse_pairs(text: str) -> list[Pair]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lottery.analysis.report import (  # seaborn loads only when drawing
-        barrier_cell,
-        write_report,
-    )
+    from lottery.analysis.overlap import load_mask
+    from lottery.analysis.report import barrier_cell, write_report
+    from lottery.studies.instability import check_pairs, default_pairs, instability_sweep
+    from lottery.training.runfolder import check_writable, hold, recorded_config
+    from lottery.training.setup import load_data
 
     if args.dense is not None:
         if not (args.dense / layout.CONFIG).exists():

@@ -6,12 +6,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lottery.analysis.overlap import load_masks, matrix, pairwise
 from lottery.cli.main import COMMANDS, add_progress_flag
 from lottery.core.config import ConfigError
-from lottery.pruning.masks import Mask
-from lottery.training.runfolder import check_writable
+
+if TYPE_CHECKING:
+    from lottery.pruning.masks import Mask
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,6 +41,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
     """Masks of all paths under unique labels (a repeated label gets its position as a prefix)."""
+    from lottery.analysis.overlap import load_masks
+
     masks: dict[str, Mask] = {}
     for i, path in enumerate(paths):
         for label, mask in load_masks(path, all_rounds=all_rounds).items():
@@ -51,6 +54,8 @@ def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
 
 def run(args: argparse.Namespace) -> int:
     from lottery.analysis import plots  # seaborn loads only when a figure is drawn
+    from lottery.analysis.overlap import matrix, pairwise
+    from lottery.training.runfolder import check_writable
 
     if args.heatmap is not None and args.heatmap.suffix not in (".png", ".pdf", ".svg"):
         raise ConfigError(f"--heatmap {args.heatmap}: give a .png, .pdf or .svg file name")

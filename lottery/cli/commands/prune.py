@@ -17,13 +17,9 @@ from lottery.cli.main import (
 )
 from lottery.core import layout
 from lottery.core.config import ConfigError, check_seeds
-from lottery.core.storage import read_jsonl
-from lottery.pruning.masks import SCOPES, Mask
-from lottery.pruning.pruner import run_length
+from lottery.pruning.names import SCOPES
 from lottery.pruning.schedules import SCHEDULES
-from lottery.studies.gradual import LAYERS, GradualRun, PruningSettings, train_gradual
-from lottery.training.runfolder import check_writable
-from lottery.training.setup import load_data
+from lottery.studies.names import LAYERS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -81,6 +77,12 @@ def parse_every(text: str, steps_per_epoch: int) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.pruning.masks import Mask
+    from lottery.pruning.pruner import run_length
+    from lottery.studies.gradual import GradualRun, PruningSettings, train_gradual
+    from lottery.training.runfolder import check_writable
+    from lottery.training.setup import load_data
+
     cfg = config_from_args(args)
     (schedule,) = schedules_from_args([args.schedule], args)
     check_writable(args.out, "--out", kinds=("run", "seeds"))
@@ -122,4 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def pruned_steps(run_dir: Path) -> list[int]:
+    from lottery.core.storage import read_jsonl
+
     return [r["step"] for r in read_jsonl(run_dir / layout.PRUNING_LOG)]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import TYPE_CHECKING
 
 from lottery.cli.commands.imp import add_pruning_args, pruning_settings
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
 from lottery.core.config import TrainConfig
-from lottery.studies.imp import IMPConfig, validate_search
-from lottery.studies.rewind_sweep import check_rewind_steps, rewind_sweep
-from lottery.training.runfolder import check_writable, hold
-from lottery.training.setup import load_data, make_model
+
+if TYPE_CHECKING:
+    from lottery.studies.imp import IMPConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.studies.imp import IMPConfig, validate_search
+    from lottery.studies.rewind_sweep import check_rewind_steps
+    from lottery.training.runfolder import check_writable, hold
+    from lottery.training.setup import load_data, make_model
+
     cfg = config_from_args(args)
     check_writable(args.out, "--out", kinds=("sweep",))
     imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
     from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
+    from lottery.studies.rewind_sweep import rewind_sweep
 
     result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, show_progress(args))
     print(

@@ -9,7 +9,6 @@ from pathlib import Path
 from lottery.cli.main import COMMANDS, add_progress_flag
 from lottery.core.config import ConfigError
 from lottery.pruning.schedules import SCHEDULES, Schedule, resolve, schedule_params
-from lottery.training.runfolder import check_writable
 
 # schedule-specific options: flag dest -> parameter name of the schedule functions
 _PARAM_FLAGS = {"n_steps": "n_steps", "alpha": "alpha", "beta": "beta"}
@@ -97,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("a schedule is named twice")
     schedules = schedules_from_args(args.names, args)
     if args.plot is not None:  # before the CSV is printed, so a failure prints nothing
+        from lottery.training.runfolder import check_writable
+
         check_writable(args.plot, "--plot", folder=False)
     curves = {s.name: s.curve(args.steps) for s in schedules}
     header = "sparsity" if len(curves) == 1 else ",".join(curves)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from lottery.cli.commands.export import architecture
 from lottery.cli.main import add_progress_flag, parse_ints
 from lottery.core import layout
-from lottery.core.device import resolve_device
-from lottery.core.storage import write_json
-from lottery.pruning.masks import check_rate
-from lottery.studies.export import ROUTES, check_semi_structured_device
-from lottery.studies.speed import (
-    BATCHES,
-    SWEEP_ROUTES,
-    SWEEP_SPARSITIES,
-    figure,
-    measure,
-    sweep,
-    table,
-)
-from lottery.training.setup import load_run
+from lottery.studies.names import ROUTES, SPEED_BATCHES, SWEEP_ROUTES, SWEEP_SPARSITIES
+
+if TYPE_CHECKING:
+    import torch
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -53,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=SWEEP_SPARSITIES,
         help="sweep sparsities in [0, 1), comma-separated",
     )
-    p.add_argument("--batches", type=parse_ints, default=BATCHES, help="batch sizes (1,256)")
+    p.add_argument("--batches", type=parse_ints, default=SPEED_BATCHES, help="batch sizes (1,256)")
     p.add_argument("--repeats", type=int, default=11, help="timed samples per route and batch")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -64,6 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _routes(args: argparse.Namespace, device: torch.device) -> tuple[str, ...]:
+    import torch
+
+    from lottery.studies.export import check_semi_structured_device
+
     if args.routes is None:
         default = SWEEP_ROUTES if args.sweep else ("compact", "sparse")
         two_four = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
@@ -79,6 +71,15 @@ def _routes(args: argparse.Namespace, device: torch.device) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from lottery.core.device import resolve_device
+    from lottery.core.storage import write_json
+    from lottery.pruning.masks import check_rate
+    from lottery.studies.export import Architecture
+    from lottery.studies.speed import figure, measure, sweep, table
+    from lottery.training.setup import load_run
+
     device = resolve_device(args.device)
     routes = _routes(args, device)
     for s in args.sparsities:
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out.is_file():
         raise ValueError(f"--out {args.out} is a file; give a folder")
     loaded = load_run(args.run_dir, device)
-    arch = architecture(loaded.record)
+    arch = Architecture.of_run(loaded.record)
     options = {"batches": tuple(args.batches), "repeats": args.repeats}
     if args.sweep:
         result = sweep(loaded.model, arch, tuple(args.sparsities), routes, **options)

@@ -6,10 +6,6 @@ import argparse
 import json
 
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, show_progress
-from lottery.pruning.masks import Mask
-from lottery.training.runfolder import check_writable, hold
-from lottery.training.setup import load_data, make_model
-from lottery.training.trainer import Trainer
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lottery.pruning.masks import Mask
+    from lottery.training.runfolder import check_writable, hold
+    from lottery.training.setup import load_data, make_model
+    from lottery.training.trainer import Trainer
+
     cfg = config_from_args(args)
     check_writable(args.out, "--out", kinds=("run",))
     data = load_data(cfg, download=args.download)

@@ -1,0 +1,74 @@
+"""The pruning layer's vocabulary, importable without torch: criteria by name, scopes, granularities.
+
+The command line builds its choices from here, and a criterion's module loads only when it scores.
+A new criterion is one function in `lottery.pruning.criteria` (or anywhere, via
+`register_criterion`) plus one line in CRITERIA naming what it needs of the Context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from lottery.core.registry import Registry
+
+GRANULARITIES = ("weight", "filter", "channel")
+SCOPES = ("global", "layer")
+
+# Context fields a criterion may need, as an error message names them.
+NEEDS = {
+    "start": "the initial (or rewind) weights",
+    "model": "the model",
+    "batches": "training batches",
+    "input_shape": "the input shape",
+    "sparsity": "the target sparsity",
+    "movement": "scores accumulated during training (use it with a gradual schedule)",
+}
+
+
+def _builtin(fn: str, *needs: str) -> tuple[str, dict[str, Any]]:
+    return f"lottery.pruning.criteria:{fn}", {"needs": needs}
+
+
+# name -> scoring function fn(ctx, generator) -> scores (higher = keep), and the Context fields
+# it cannot do without.
+CRITERIA: Registry = Registry(
+    "pruning criterion",
+    {
+        "magnitude": _builtin("magnitude"),
+        "large_final": _builtin("magnitude"),
+        "random": _builtin("random"),
+        "small_final": _builtin("small_final"),
+        "large_init": _builtin("large_init", "start"),
+        "small_init": _builtin("small_init", "start"),
+        "large_init_large_final": _builtin("large_init_large_final", "start"),
+        "small_init_small_final": _builtin("small_init_small_final", "start"),
+        "large_init_large_final_min": _builtin("large_init_large_final_min", "start"),
+        "small_init_small_final_max": _builtin("small_init_small_final_max", "start"),
+        "magnitude_increase": _builtin("magnitude_increase", "start"),
+        "movement": _builtin("movement", "start"),
+        "snip": _builtin("snip", "model", "batches"),
+        "grasp": _builtin("grasp", "model", "batches"),
+        "synflow": _builtin("synflow", "model", "input_shape", "sparsity"),
+        "movement-pruning": _builtin("movement_pruning", "movement"),
+    },
+)
+
+
+def register_criterion(name: str, fn: Callable, needs: tuple[str, ...] = ()) -> Callable:
+    """Make `fn(ctx, generator) -> {name: scores}` usable by name everywhere (CLI included);
+    `needs` names the Context fields it requires (keys of NEEDS)."""
+    unknown = [n for n in needs if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"unknown needs {unknown}; choose from {', '.join(NEEDS)}")
+    return CRITERIA.register(name, fn, needs=tuple(needs))
+
+
+def criterion_needs(name: str) -> tuple[str, ...]:
+    """The Context fields criterion `name` requires (known without loading it)."""
+    return CRITERIA.facts(name)["needs"]
+
+
+def usable(have: set[str]) -> list[str]:
+    """The registered criteria that need only Context fields in `have`, sorted."""
+    return sorted(n for n in CRITERIA if set(criterion_needs(n)) <= have)
