@@ -96,6 +96,15 @@ def resolve(name: str) -> ScheduleFn:
             raise ConfigError(f"cannot load schedule function {name!r}: {e}") from e
         if not callable(fn):
             raise ConfigError(f"schedule {name!r} is not a function")
+        try:
+            inspect.signature(fn).bind(0.0, 0.0, 0.0)
+        except TypeError:
+            raise ConfigError(
+                f"schedule {name!r} must take (p, s_i, s_f): window progress, initial and "
+                "final sparsity"
+            ) from None
+        except ValueError:  # no signature to inspect (some built-ins): checked on first use
+            pass
         return fn
     raise ConfigError(
         f"unknown pruning schedule {name!r}; choose from {', '.join(SCHEDULES)} "

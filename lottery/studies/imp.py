@@ -42,7 +42,7 @@ from lottery.pruning.names import criterion_needs
 from lottery.pruning.pruner import run_length
 from lottery.studies.names import IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
-from lottery.training.run import RunSpec, StartState, TrainResult
+from lottery.training.run import RunSpec, StartState, TrainResult, check_fits_training
 from lottery.training.runfolder import describe_diff, hold
 from lottery.training.setup import compact_run, load_data, make_model
 
@@ -203,13 +203,12 @@ def validate_search(
         rate_scale=imp.rate_scale or {},
     )
     total, _ = run_length(cfgs[0], data)
+    for cfg in cfgs:
+        check_fits_training(cfg, total)
     if imp.rewind_step > total:
         raise ConfigError(
             f"--rewind-step {imp.rewind_step} lies beyond the end of training ({total} steps)"
         )
-    late = [s for s in cfgs[0].save_at if s > total]
-    if late:
-        raise ConfigError(f"--save-at steps {late} lie beyond the end of training ({total} steps)")
     for cfg, out in zip(cfgs, outs, strict=True):
         _check_record(out, cfg, imp, data.digest)
     return imp

@@ -34,7 +34,7 @@ from lottery.pruning.masks import Mask, MaskError
 from lottery.pruning.pruner import run_length
 from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
-from lottery.training.run import StartState
+from lottery.training.run import StartState, check_fits_training
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer
@@ -259,6 +259,7 @@ def instability_sweep(
     outside = [k for k in steps if not 0 <= k <= total]
     if outside:
         raise ConfigError(f"start steps {outside} lie outside training (steps 0 to {total})")
+    check_fits_training(cfg, total)
     model = make_model(cfg, data)  # an unknown model, init or width: refused before writing
     if mask is not None:
         try:

@@ -104,8 +104,13 @@ class Tally:
     seconds: float = 0.0
 
 
-def check_schedule_fits(cfg: TrainConfig, total: int) -> None:
-    """LR milestones (in steps) and warm-up must fall within training, or they never happen."""
+def check_fits_training(cfg: TrainConfig, total: int) -> None:
+    """Settings that must fall within a run of `total` steps, or within the machine: checkpoint
+    steps, LR milestones (in steps) and warm-up, which would never happen; the thread count, at
+    which torch crashes when absurd. Every study checks them before it writes anything."""
+    late = sorted(s for s in cfg.save_at if s > total)
+    if late:
+        raise ConfigError(f"checkpoint steps {late} lie beyond the end of training ({total} steps)")
     late = [m for m in cfg.milestones if m >= 1 and m > total]
     if late:
         raise ConfigError(f"LR milestones {late} lie beyond the end of training ({total} steps)")
@@ -113,6 +118,7 @@ def check_schedule_fits(cfg: TrainConfig, total: int) -> None:
         raise ConfigError(
             f"--warmup-steps {cfg.warmup_steps} is longer than training ({total} steps)"
         )
+    check_threads(cfg.threads)
 
 
 def keep_previous(last: Path, previous: Path) -> None:
@@ -172,13 +178,7 @@ class Run:
         self.eval_every = self.cfg.eval_every or self.per_epoch
         self.ckpt_every = self.cfg.checkpoint_every or self.per_epoch
         self.save_at = set(self.cfg.save_at)
-        late = sorted(s for s in self.save_at if s > self.total)
-        if late:
-            raise ConfigError(
-                f"checkpoint steps {late} lie beyond the end of training ({self.total} steps)"
-            )
-        check_schedule_fits(self.cfg, self.total)
-        check_threads(self.cfg.threads)  # torch crashes at absurd counts
+        check_fits_training(self.cfg, self.total)
         self.model = place(spec.model, self.cfg, device)
         self.mask = spec.mask.to(device) if spec.mask is not None else None
         if self.mask is not None:

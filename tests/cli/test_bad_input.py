@@ -4,6 +4,8 @@ so the corrected command runs in the same --out."""
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pytest
 
@@ -34,6 +36,13 @@ CASES = {
         ["instability", *RUN, "--start-steps", "-1"], "lie outside training"),
     "instability too few points": (
         ["instability", *RUN, "--start-steps", "5", "--points", "3"], "at least 11 points"),
+    "imp threads beyond the machine": (["imp", *RUN, "--threads", "100000"], "CPU cores available"),
+    "imp warm-up longer than training": (
+        ["imp", *RUN, "--warmup-steps", "100"], "is longer than training"),
+    "instability threads beyond the machine": (
+        ["instability", *RUN, "--start-steps", "0", "--threads", "100000"], "CPU cores available"),
+    "instability checkpoint past the end": (
+        ["instability", *RUN, "--start-steps", "0", "--save-at", "999"], "beyond the end"),
     "threads beyond the machine": (["train", *RUN, "--threads", "100000"], "CPU cores"),
     "LR milestone beyond training": (
         ["train", *RUN, "--lr-schedule", "step", "--milestones", "500"],
@@ -256,3 +265,29 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device (writing " in err
     assert str(out) in err
+
+
+def test_a_yaml_config_without_pyyaml_says_what_to_install(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "settings.yaml"
+    path.write_text("steps: 4\n")
+    monkeypatch.setitem(sys.modules, "yaml", None)  # as on a machine without PyYAML
+    out = tmp_path / "out"
+    assert main(["train", *RUN, "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "YAML files need PyYAML (pip install 'lottery[yaml]')" in err
+    assert "not valid" not in err and not out.exists()
+
+
+def test_instability_with_a_mask_of_another_network_is_refused_before_training(tmp_path, capsys):
+    from lottery import Mask, TrainConfig, load_data, make_model
+
+    cfg = TrainConfig(model="lenet_300_100", dataset="synthetic", device="cpu")
+    mask = tmp_path / "other.npz"
+    Mask.ones(make_model(cfg, load_data(cfg))).save(mask)
+    out = tmp_path / "out"
+    argv = ["instability", *RUN, "--start-steps", "0", "--mask", str(mask)]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the mask does not fit lenet_32" in err, err
+    assert re.search("[0-9a-f]{16}", err) is None  # shapes, not raw hashes
+    assert not out.exists()

@@ -165,6 +165,7 @@ def test_user_functions_of_progress():
         ({"name": "linear", "final_sparsity": 0.9, "unit": "hour"}, "unknown window unit"),
         ({"name": "quadratic", "final_sparsity": 0.9}, "unknown pruning schedule 'quadratic'"),
         ({"name": "no.such.module:f", "final_sparsity": 0.9}, "cannot load schedule function"),
+        ({"name": "os:getcwd", "final_sparsity": 0.9}, r"must take \(p, s_i, s_f\)"),
         ({"name": "exponential", "final_sparsity": 0.9}, "non-zero initial sparsity"),
         ({"name": "agp", "final_sparsity": 0.9, "params": {"alpha": 3}}, "no parameter 'alpha'"),
         ({"name": "iterative", "final_sparsity": 0.9, "params": {"n_steps": 0}}, "n_steps"),
