@@ -70,6 +70,31 @@ def parse_granularity(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+class Choices(list):
+    """Registered names, listed by --help and checked by argparse, that also admit a
+    "package.module:function" name (a user's own function, loaded when the command runs)."""
+
+    def __contains__(self, value: object) -> bool:
+        return super().__contains__(value) or (isinstance(value, str) and ":" in value)
+
+
+PLUGINS = "lottery.plugins"  # entry-point group: modules imported before the command line is built
+
+
+def load_plugins() -> None:
+    """Import every installed package's `lottery.plugins` entry point, so what it registers
+    (criteria, schedules, datasets, models) is usable by name on the command line."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=PLUGINS):
+        try:
+            ep.load()
+        except Exception as e:  # a broken plugin is named, not a traceback from lottery
+            raise ConfigError(
+                f"plugin {ep.name} ({ep.value}) failed to load: {type(e).__name__}: {e}"
+            ) from None
+
+
 def add_mask_args(
     g: argparse._ArgumentGroup, criteria: Iterable[str] | None = None, criterion: str = "magnitude"
 ) -> None:
@@ -80,7 +105,12 @@ def add_mask_args(
         default="weight",
         help="weight, filter, channel or N:M (e.g. 2:4: at most N kept in M consecutive inputs)",
     )
-    g.add_argument("--criterion", choices=sorted(criteria or CRITERIA), default=criterion)
+    g.add_argument(
+        "--criterion",
+        choices=Choices(sorted(criteria or CRITERIA)),
+        default=criterion,
+        help="a registered criterion, or package.module:function for your own",
+    )
 
 
 def parse_floats(text: str) -> tuple[float, ...]:
@@ -378,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     try:
+        load_plugins()
         args = with_config_file(build_parser([command] if command in COMMANDS else []), argv)
     except SystemExit as e:  # --help, --version (0) or a one-line argument error (2)
         return e.code if isinstance(e.code, int) else EXIT_USER
     except ConfigError as e:
-        print(f"lottery {command}: error: {e}", file=sys.stderr)
+        print(f"lottery{f' {command}' if command else ''}: error: {e}", file=sys.stderr)
         return EXIT_USER
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     prog = f"lottery {args.command}"

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lottery.models import MODELS, is_known, recipe
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_SCHEDULES = ("constant", "step", "cosine", "one-cycle", "linear")
 
@@ -27,25 +29,7 @@ def flag(default: Any = None, help: str = "", **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
-# Per-model training defaults from the papers, applied to every setting left unset (None).
-# LeNet: Adam 1.2e-3, batch 60; Conv-2: Adam 2e-4; Conv-4/6: Adam 3e-4 (Frankle & Carbin 2019).
-# ResNet-20/VGG and other deep nets: SGD 0.1, momentum 0.9, LR x0.1 at ~51% and ~76% of
-# training (32K/48K of 63K iterations), batch 128 (Frankle et al. 2020); weight decay 1e-4 as
-# in OpenLTH. What no recipe names takes GENERIC.
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lenet": {"optimizer": "adam", "lr": 1.2e-3, "batch_size": 60},
-    "conv2": {"optimizer": "adam", "lr": 2e-4, "batch_size": 60},
-    "conv4": {"optimizer": "adam", "lr": 3e-4, "batch_size": 60},
-    "conv6": {"optimizer": "adam", "lr": 3e-4, "batch_size": 60},
-    "deep": {
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "batch_size": 128,
-        "weight_decay": 1e-4,
-        "lr_schedule": "step",
-        "milestones": (0.508, 0.762),
-    },
-}
+# Training settings that no model's recipe names (see `lottery.models.Recipe`).
 GENERIC: dict[str, Any] = {
     "batch_size": 128,
     "optimizer": "sgd",
@@ -62,9 +46,8 @@ DEFAULT_EPOCHS = 2.0  # when neither steps nor epochs is given
 
 
 def paper_defaults(model: str) -> dict[str, Any]:
-    """The training settings the papers used for `model` (deep nets share one recipe)."""
-    recipe = PAPER_DEFAULTS["lenet"] if model.startswith("lenet") else PAPER_DEFAULTS.get(model)
-    return {**GENERIC, **(recipe if recipe is not None else PAPER_DEFAULTS["deep"])}
+    """The training settings the papers used for `model`: its registry recipe over GENERIC."""
+    return {**GENERIC, **recipe(model).training}
 
 
 DATA, TRAINING, RECORDS = (
@@ -182,6 +165,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError on values no run could use."""
+        if self.model.startswith("lenet") and not is_known(self.model):  # not a torchvision name
+            raise ConfigError(
+                f"unknown model {self.model!r}; a LeNet is lenet_<h1>[_<h2>...] (hidden widths, "
+                f"e.g. lenet_300_100); registered models: {', '.join(MODELS)}"
+            )
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
         if self.lr_schedule not in LR_SCHEDULES:

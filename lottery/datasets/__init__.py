@@ -1,12 +1,18 @@
 """Datasets registered by name; `lottery.datasets.loading` finds, reads, splits and normalises them.
 
-A new dataset is one module defining its DatasetSpec plus one line in DATASETS. The registry
-imports no torch, so the command line lists the names without loading any dataset module.
+A new dataset is one module defining its DatasetSpec plus one line in DATASETS, or
+`register_dataset` from your own code. The registry imports no torch, so the command line lists
+the names without loading any dataset module.
 """
 
 from __future__ import annotations
 
-from lottery.core.registry import Registry
+from typing import TYPE_CHECKING
+
+from lottery.registry import Registry
+
+if TYPE_CHECKING:
+    from lottery.datasets.spec import DatasetSpec
 
 DATASETS: Registry = Registry(
     "dataset",
@@ -17,3 +23,9 @@ DATASETS: Registry = Registry(
         "synthetic": "lottery.datasets.synthetic:SYNTHETIC",
     },
 )
+
+
+def register_dataset(name: str, spec: DatasetSpec) -> DatasetSpec:
+    """Make `spec` (a `lottery.datasets.spec.DatasetSpec`: files to read, or a generator) loadable
+    by name everywhere, the command line included."""
+    return DATASETS.register(name, spec)

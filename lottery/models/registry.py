@@ -8,13 +8,14 @@ an `output_layer` name that tell the mask engine which tensors to prune by defau
 from __future__ import annotations
 
 import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 
 import torch
 from torch import nn
+
+from lottery.models import LENET_NAME, MODELS, is_known, recipe
 
 Shape = tuple[int, int, int]
 Builder = Callable[[Shape, int, int], nn.Module]
@@ -26,8 +27,6 @@ _FILLS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_LENET = re.compile(r"lenet(_[1-9]\d*)+")
-_REGISTRY: dict[str, tuple[Builder, str]] = {}
 
 
 class UnknownModelError(ValueError):
@@ -40,16 +39,6 @@ class UnknownModelError(ValueError):
             "(torchvision.models.list_models(module=torchvision.models)) works too"
         )
         self.name = name
-
-
-def _register(name: str, init: str) -> Callable[[Builder], Builder]:
-    """Add a builder to the registry under `name`, with its paper's default init."""
-
-    def add(builder: Builder) -> Builder:
-        _REGISTRY[name] = (builder, init)
-        return builder
-
-    return add
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -154,66 +143,56 @@ class _ResNet20(nn.Module):
         return self.fc(out.mean(dim=(2, 3)))
 
 
-@_register("lenet_300_100", "glorot_normal")
-def _lenet_300_100(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def lenet_300_100(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """LeNet-300-100 for MNIST (Frankle & Carbin, ICLR 2019, arXiv 1803.03635)."""
     return _lenet((300, 100), input_shape, num_classes, width)
 
 
-@_register("conv2", "glorot_normal")
-def _conv2(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def conv2(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """Conv-2 for CIFAR-10 (Frankle & Carbin, ICLR 2019)."""
     return _convnet((64,), input_shape, num_classes, width)
 
 
-@_register("conv4", "glorot_normal")
-def _conv4(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def conv4(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """Conv-4 for CIFAR-10 (Frankle & Carbin, ICLR 2019)."""
     return _convnet((64, 128), input_shape, num_classes, width)
 
 
-@_register("conv6", "glorot_normal")
-def _conv6(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def conv6(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """Conv-6 for CIFAR-10 (Frankle & Carbin, ICLR 2019)."""
     return _convnet((64, 128, 256), input_shape, num_classes, width)
 
 
-@_register("resnet20", "kaiming_normal")
-def _resnet20(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def resnet20(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """ResNet-20 with 1x1-conv+BN projection shortcuts (He et al., CVPR 2016)."""
     return _ResNet20(input_shape[0], num_classes, width)
 
 
-@_register("vgg11", "kaiming_normal")
-def _vgg11(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def vgg11(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """VGG-11, configuration A of Simonyan & Zisserman (ICLR 2015), CIFAR-style."""
     config = "64 M 128 M 256 256 M 512 512 M 512 512 M"
     return _vgg(config, input_shape, num_classes, width)
 
 
-@_register("vgg13", "kaiming_normal")
-def _vgg13(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def vgg13(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """VGG-13, configuration B of Simonyan & Zisserman (ICLR 2015), CIFAR-style."""
     config = "64 64 M 128 128 M 256 256 M 512 512 M 512 512 M"
     return _vgg(config, input_shape, num_classes, width)
 
 
-@_register("vgg16", "kaiming_normal")
-def _vgg16(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def vgg16(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """VGG-16, configuration D of Simonyan & Zisserman (ICLR 2015), CIFAR-style."""
     config = "64 64 M 128 128 M 256 256 256 M 512 512 512 M 512 512 512 M"
     return _vgg(config, input_shape, num_classes, width)
 
 
-@_register("vgg19", "kaiming_normal")
-def _vgg19(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def vgg19(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """VGG-19, configuration E of Simonyan & Zisserman (ICLR 2015); Frankle & Carbin's VGG-19."""
     config = "64 64 M 128 128 M 256 256 256 256 M 512 512 512 512 M 512 512 512 512 M"
     return _vgg(config, input_shape, num_classes, width)
 
 
-@_register("allconv", "kaiming_normal")
-def _allconv(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
+def allconv(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """All-convolutional net: conv 5x5 32, 3x3 32 (each max-pooled), 3x3 64, 3x3 64 (conv+BN+ReLU),
     global average pool, one fc layer.
 
@@ -268,9 +247,9 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
 
 def _construct(name: str, input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """Instantiate the (already validated) model `name` with whatever init its builder uses."""
-    if name in _REGISTRY:
-        return _REGISTRY[name][0](input_shape, num_classes, width)
-    if _LENET.fullmatch(name):
+    if name in MODELS:
+        return MODELS[name](input_shape, num_classes, width)
+    if LENET_NAME.fullmatch(name):
         hidden = [int(h) for h in name.split("_")[1:]]
         return _lenet(hidden, input_shape, num_classes, width)
     if width != 1:
@@ -304,17 +283,13 @@ def _weights_of(model: nn.Module, types: tuple[type[nn.Module], ...]) -> list[st
 
 def list_models() -> list[str]:
     """The registry's own model names (lenet_<widths> and torchvision names are accepted too)."""
-    return sorted(_REGISTRY)
+    return sorted(MODELS)
 
 
 def default_init(name: str) -> str:
     """The init the model's paper used, or "default" (torchvision's own) for torchvision models."""
-    if name in _REGISTRY:
-        return _REGISTRY[name][1]
-    if _LENET.fullmatch(name):
-        return "glorot_normal"
-    if name in _torchvision_names():
-        return "default"
+    if is_known(name) or name in _torchvision_names():
+        return recipe(name).init
     raise UnknownModelError(name)
 
 

@@ -18,7 +18,7 @@ from torch.func import functional_call
 
 from lottery.core.batches import BatchStream
 from lottery.pruning.masks import Mask, MaskError, prune
-from lottery.pruning.names import CRITERIA, NEEDS, criterion_needs
+from lottery.pruning.names import CRITERIA, NEEDS, criterion_name, criterion_needs
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 Scores = dict[str, torch.Tensor]
@@ -303,9 +303,15 @@ def synflow(ctx: Context, gen: torch.Generator | None = None) -> Scores:
 def check(name: str, have: set[str] | None = None) -> tuple[str, ...]:
     """The Context fields criterion `name` needs; an unknown name, or (with `have`, the fields a
     caller can fill) one that needs something else, is refused before a command writes anything."""
-    if name not in CRITERIA:
+    if name not in CRITERIA and ":" not in name:
         raise MaskError(f"unknown pruning criterion {name!r}; choose from {sorted(CRITERIA)}")
-    needs = criterion_needs(name)
+    try:
+        needs = criterion_needs(name)
+    except KeyError as e:
+        raise MaskError(e.args[0]) from None
+    unknown = [need for need in needs if need not in NEEDS]
+    if unknown:
+        raise MaskError(f"criterion {name!r} needs {unknown[0]!r}; choose needs from {list(NEEDS)}")
     missing = [need for need in needs if have is not None and need not in have]
     if missing:
         raise MaskError(
@@ -314,13 +320,15 @@ def check(name: str, have: set[str] | None = None) -> tuple[str, ...]:
     return needs
 
 
-def score(name: str, ctx: Context, seed: int | None = None) -> Scores:
-    """Scores of `ctx.weights` by the criterion `name` (higher = keep), seeded where it draws."""
+def score(name: str | Callable, ctx: Context, seed: int | None = None) -> Scores:
+    """Scores of `ctx.weights` by the criterion `name` (higher = keep), seeded where it draws;
+    `name` may also be "package.module:function" or a function itself."""
+    name = criterion_name(name)
     for need in check(name):
         if getattr(ctx, need) is None:
             raise MaskError(f"criterion {name!r} needs {NEEDS[need]}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return CRITERIA[name](ctx, gen)
+    return CRITERIA.load(name)(ctx, gen)
 
 
 def training_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:

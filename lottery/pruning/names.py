@@ -2,7 +2,9 @@
 
 The command line builds its choices from here, and a criterion's module loads only when it scores.
 A new criterion is one function in `lottery.pruning.criteria` (or anywhere, via
-`register_criterion`) plus one line in CRITERIA naming what it needs of the Context.
+`register_criterion`) plus one line in CRITERIA naming what it needs of the Context. A function
+that is not registered can be named "package.module:function" (its `needs` attribute, if any,
+says what it needs) or, from Python, passed itself.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lottery.core.registry import Registry
+from lottery.core.config import ConfigError
+from lottery.registry import Registry, path_of
 
 GRANULARITIES = ("weight", "filter", "channel")
 SCOPES = ("global", "layer")
@@ -64,9 +67,23 @@ def register_criterion(name: str, fn: Callable, needs: tuple[str, ...] = ()) -> 
     return CRITERIA.register(name, fn, needs=tuple(needs))
 
 
+def criterion_name(criterion: str | Callable) -> str:
+    """A criterion as settings record it: its registered name or "package.module:function", also
+    for a function given directly (found again by that path when a run resumes)."""
+    if isinstance(criterion, str):
+        return criterion
+    try:
+        return path_of(criterion)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def criterion_needs(name: str) -> tuple[str, ...]:
-    """The Context fields criterion `name` requires (known without loading it)."""
-    return CRITERIA.facts(name)["needs"]
+    """The Context fields criterion `name` requires: a registered one's, known without loading
+    it, or a "module:function" one's `needs` attribute (none if it has none)."""
+    if name in CRITERIA:
+        return CRITERIA.facts(name)["needs"]
+    return tuple(getattr(CRITERIA.load(name), "needs", ()))
 
 
 def usable(have: set[str]) -> list[str]:

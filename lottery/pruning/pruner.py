@@ -24,7 +24,7 @@ from lottery.core.storage import write_jsonl
 from lottery.datasets.loading import Splits
 from lottery.pruning.criteria import Batches, Context, check, score
 from lottery.pruning.masks import Mask, MaskError, check_granularity, prune
-from lottery.pruning.names import SCOPES, criterion_needs
+from lottery.pruning.names import SCOPES, criterion_name, criterion_needs
 from lottery.pruning.schedules import Schedule
 
 
@@ -91,6 +91,7 @@ class GradualPruner:
             raise ConfigError(f"mask update frequency must be >= 1 step, got {self.every!r}")
         if self.scope not in SCOPES:
             raise ConfigError(f"unknown pruning scope {self.scope!r}; choose from {SCOPES}")
+        self.criterion = criterion_name(self.criterion)
         have = {"start", "model", "sparsity", "movement"}
         have |= {"batches"} if self.batches is not None else set()
         have |= {"input_shape"} if self.input_shape is not None else set()

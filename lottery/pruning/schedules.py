@@ -8,14 +8,14 @@ Should I Use?" (2021 blog; ICIP 2022, arXiv 2107.02086) and Zhu & Gupta 2017 for
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_type_hints
 
 from lottery.core.config import ConfigError
+from lottery.registry import Registry, path_of
 
 ScheduleFn = Callable[..., float]
 UNITS = ("fraction", "epoch", "step")
@@ -33,7 +33,9 @@ def one_shot(p: float, s_i: float, s_f: float) -> float:
     return s_f
 
 
-def iterative(p: float, s_i: float, s_f: float, n_steps: int = 3) -> float:
+def iterative(
+    p: float, s_i: float, s_f: float, n_steps: Annotated[int, "number of pruning steps"] = 3
+) -> float:
     """`n_steps` equal jumps: s_i + (s_f - s_i) * ceil(p * n) / n."""
     return _lerp(s_i, s_f, math.ceil(p * n_steps - _CEIL_SLACK) / n_steps)
 
@@ -43,7 +45,13 @@ def agp(p: float, s_i: float, s_f: float) -> float:
     return _lerp(s_i, s_f, 1.0 - (1.0 - p) ** 3)
 
 
-def one_cycle(p: float, s_i: float, s_f: float, alpha: float = 14.0, beta: float = 5.0) -> float:
+def one_cycle(
+    p: float,
+    s_i: float,
+    s_f: float,
+    alpha: Annotated[float, "slope α"] = 14.0,
+    beta: Annotated[float, "offset β"] = 5.0,
+) -> float:
     """Logistic ramp s_i + (s_f - s_i) (1 + e^(β-α)) / (1 + e^(β-αp)) (Hubens et al. 2022).
 
     α = 14, β = 5 are the paper's and blog's values. The (1 + e^(β-α)) numerator normalises the
@@ -68,48 +76,53 @@ def exponential(p: float, s_i: float, s_f: float) -> float:
     return s_f if p >= 1.0 else s_i * (s_f / s_i) ** p
 
 
-SCHEDULES: dict[str, ScheduleFn] = {
-    "one-shot": one_shot,
-    "iterative": iterative,
-    "agp": agp,
-    "one-cycle": one_cycle,
-    "linear": linear,
-    "cosine": cosine,
-    "exponential": exponential,
-}
+SCHEDULES: Registry = Registry(
+    "pruning schedule",
+    {
+        "one-shot": one_shot,
+        "iterative": iterative,
+        "agp": agp,
+        "one-cycle": one_cycle,
+        "linear": linear,
+        "cosine": cosine,
+        "exponential": exponential,
+    },
+)
 
 
-def register_schedule(name: str, fn: ScheduleFn) -> None:
-    """Make `fn(p, s_i, s_f, **params) -> sparsity` usable by name everywhere (CLI included)."""
-    SCHEDULES[name] = fn
+def _check_signature(name: str, fn: object) -> ScheduleFn:
+    if not callable(fn):
+        raise ConfigError(f"schedule {name!r} is not a function")
+    try:
+        inspect.signature(fn).bind(0.0, 0.0, 0.0)
+    except TypeError:
+        raise ConfigError(
+            f"schedule {name!r} must take (p, s_i, s_f): window progress, initial and final "
+            "sparsity"
+        ) from None
+    except ValueError:  # no signature to inspect (some built-ins): checked on first use
+        pass
+    return fn
+
+
+def register_schedule(name: str, fn: ScheduleFn) -> ScheduleFn:
+    """Make `fn(p, s_i, s_f, **params) -> sparsity` usable by name everywhere (CLI included: its
+    parameters become flags, with the help text of `Annotated[type, "help"]` annotations)."""
+    return SCHEDULES.register(name, _check_signature(name, fn))
 
 
 def resolve(name: str) -> ScheduleFn:
     """A registered schedule, or a user function given as "package.module:function"."""
-    if name in SCHEDULES:
-        return SCHEDULES[name]
-    if ":" in name:
-        module, _, attr = name.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as e:
-            raise ConfigError(f"cannot load schedule function {name!r}: {e}") from e
-        if not callable(fn):
-            raise ConfigError(f"schedule {name!r} is not a function")
-        try:
-            inspect.signature(fn).bind(0.0, 0.0, 0.0)
-        except TypeError:
-            raise ConfigError(
-                f"schedule {name!r} must take (p, s_i, s_f): window progress, initial and "
-                "final sparsity"
-            ) from None
-        except ValueError:  # no signature to inspect (some built-ins): checked on first use
-            pass
-        return fn
-    raise ConfigError(
-        f"unknown pruning schedule {name!r}; choose from {', '.join(SCHEDULES)} "
-        "or give a function of progress as module:function"
-    )
+    if name not in SCHEDULES and ":" not in name:
+        raise ConfigError(
+            f"unknown pruning schedule {name!r}; choose from {', '.join(SCHEDULES)} "
+            "or give a function of progress as module:function"
+        )
+    try:
+        fn = SCHEDULES.load(name)
+    except KeyError as e:
+        raise ConfigError(f"cannot load schedule function {name!r}: {e.args[0]}") from None
+    return _check_signature(name, fn)
 
 
 def schedule_params(fn: ScheduleFn) -> dict[str, Any]:
@@ -120,6 +133,38 @@ def schedule_params(fn: ScheduleFn) -> dict[str, Any]:
         for n, prm in list(sig.parameters.items())[3:]
         if prm.kind in (prm.POSITIONAL_OR_KEYWORD, prm.KEYWORD_ONLY)
     }
+
+
+@dataclass(frozen=True)
+class Param:
+    """A schedule parameter as the command line offers it: one flag for every schedule taking it."""
+
+    name: str
+    kind: type  # int, float or str, from the default
+    help: str  # "iterative: number of pruning steps (default 3)", from the parameter's annotation
+
+
+def schedule_flags() -> list[Param]:
+    """Every parameter of the registered schedules, so a schedule registered before the command
+    line is built gets its flags; the help is the `Annotated[type, "help"]` text where given."""
+    takers: dict[str, list[str]] = {}
+    defaults: dict[str, list[str]] = {}
+    found: dict[str, tuple[type, str]] = {}
+    for name, fn in SCHEDULES.items():
+        try:
+            hints = get_type_hints(fn, include_extras=True)
+        except (NameError, TypeError):  # annotations that do not resolve: no help text
+            hints = {}
+        for param, default in schedule_params(fn).items():
+            notes = [m for m in getattr(hints.get(param), "__metadata__", ()) if isinstance(m, str)]
+            kind = type(default) if type(default) in (int, float) else str
+            found.setdefault(param, (kind, notes[0] if notes else param.replace("_", " ")))
+            takers.setdefault(param, []).append(name)
+            defaults.setdefault(param, []).append(f"{default:g}" if kind is not str else default)
+    return [
+        Param(p, kind, f"{', '.join(takers[p])}: {text} (default {', '.join(defaults[p])})")
+        for p, (kind, text) in found.items()
+    ]
 
 
 def _check_params(name: str, fn: ScheduleFn, params: dict[str, Any]) -> None:
@@ -145,6 +190,8 @@ class Schedule:
 
     The window [start, end] is in `unit`: fractions of training (within [0, 1]), epochs or steps.
     `params` are the schedule function's own settings (iterative: n_steps; one-cycle: alpha, beta).
+    `name` is a registered schedule, "package.module:function", or such a function itself (kept as
+    its path, so records name it and a resumed run finds it again).
     """
 
     name: str
@@ -156,6 +203,11 @@ class Schedule:
     params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if callable(self.name):
+            try:
+                object.__setattr__(self, "name", path_of(self.name))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         s_i, s_f = self.initial_sparsity, self.final_sparsity
         for what, v in (("final sparsity", s_f), ("initial sparsity", s_i)):
             if not isinstance(v, int | float) or math.isnan(v) or not 0.0 <= v < 1.0:

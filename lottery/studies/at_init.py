@@ -45,6 +45,7 @@ from lottery.pruning.masks import (
     prune,
     random_mask_like,
 )
+from lottery.pruning.names import criterion_name
 from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, TrainResult
@@ -76,6 +77,7 @@ class AtInitConfig:
     def __post_init__(self) -> None:
         self.sparsities = tuple(float(s) for s in self.sparsities)
         self.controls = tuple(self.controls)
+        self.criterion = criterion_name(self.criterion)
         try:
             check(self.criterion, AT_INIT_CONTEXT)
             check_granularity(self.granularity)

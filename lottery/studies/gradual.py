@@ -25,6 +25,7 @@ from lottery.models.registry import conv_weight_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
 from lottery.pruning.masks import Mask, save_sparse
+from lottery.pruning.names import criterion_name
 from lottery.pruning.pruner import GradualPruner, run_length
 from lottery.pruning.schedules import Schedule
 from lottery.studies.names import LAYERS
@@ -51,6 +52,7 @@ class PruningSettings:
     layers: str = "all"
 
     def __post_init__(self) -> None:
+        self.criterion = criterion_name(self.criterion)
         if self.layers not in LAYERS:
             raise ConfigError(f"unknown pruned layers {self.layers!r}; choose from {LAYERS}")
 

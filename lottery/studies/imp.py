@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, che
 from lottery.core.device import resolve_device
 from lottery.core.storage import provenance, read_json, write_json
 from lottery.datasets.loading import Splits
+from lottery.models import recipe
 from lottery.models.registry import output_layer_name, prunable_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
@@ -38,7 +38,7 @@ from lottery.pruning.masks import (
     prune,
     random_mask_like,
 )
-from lottery.pruning.names import criterion_needs
+from lottery.pruning.names import criterion_name, criterion_needs
 from lottery.pruning.pruner import run_length
 from lottery.studies.names import IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
@@ -104,6 +104,7 @@ class IMPConfig:
             raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {IMP_CONTROLS}")
         if self.fraction is not None:
             check_rate(self.fraction, "prune fraction per round")
+        self.criterion = criterion_name(self.criterion)
         try:
             check_granularity(self.granularity)
             check(self.criterion, TICKET_CONTEXT)
@@ -132,21 +133,20 @@ class IMPConfig:
 
 
 def imp_defaults(model_name: str, model) -> dict[str, Any]:
-    """Per-model pruning defaults from the papers.
+    """Per-model pruning defaults from the model's registry recipe (`lottery.models.Recipe`).
 
     LeNet: layer-wise 20%, output layer 10% (Frankle & Carbin 2019). Conv-2/4/6: layer-wise, fc 20%,
     conv 10% (Conv-6: 15%), output 10% (same paper). ResNet-20, VGG and other deep nets: global 20%
     over the conv layers, output layer unpruned (same paper, Sec. 4; OpenLTH's default).
     """
+    r = recipe(model_name)
+    params = dict(model.named_parameters())
+    scale = {n: r.conv_rate for n in prunable_names(model) if params[n].dim() == 4}
+    scale = {n: v for n, v in scale.items() if v != 1.0}
     out = output_layer_name(model)
-    if model_name.startswith("lenet"):
-        return {"fraction": 0.2, "scope": "layer", "rate_scale": {out: 0.5}}
-    if re.fullmatch(r"conv[246]", model_name):
-        conv_scale = 0.75 if model_name == "conv6" else 0.5
-        params = dict(model.named_parameters())
-        scale = {n: conv_scale for n in prunable_names(model) if params[n].dim() == 4}
-        return {"fraction": 0.2, "scope": "layer", "rate_scale": {**scale, out: 0.5}}
-    return {"fraction": 0.2, "scope": "global", "rate_scale": {out: 0.0} if out else {}}
+    if out:
+        scale[out] = r.output_rate
+    return {"fraction": r.prune_fraction, "scope": r.prune_scope, "rate_scale": scale}
 
 
 def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:

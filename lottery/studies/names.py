@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lottery.core.registry import Registry
+from lottery.registry import Registry
 
 # IMP (Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020): where survivors go back to.
 RESETS = ("init", "rewind", "lr-rewind", "finetune")

@@ -158,3 +158,12 @@ def test_the_python_api_resumes_the_search_the_cli_wrote(tmp_path, capsys):
     assert summary["rounds"][1]["test_accuracy"] == json.loads(before)["rounds"][1]["test_accuracy"]
     with pytest.raises(ConfigError, match=r"lr 0.0012 -> 0.002"):
         run_imp(cfg.replace(lr=0.002), IMPConfig(rounds=1), out, progress=False)
+
+
+def test_a_lenet_like_name_that_is_no_lenet_is_refused_with_the_known_names():
+    """`lenet5` once took LeNet-300-100's recipe by its prefix; recipes now come from the model
+    registry, and a LeNet name must spell its hidden widths."""
+    with pytest.raises(ConfigError, match=r"unknown model 'lenet5'.*lenet_300_100.*conv2"):
+        TrainConfig(model="lenet5")
+    assert TrainConfig(model="lenet_500_300").lr == TrainConfig(model="lenet_300_100").lr == 1.2e-3
+    assert TrainConfig(model="resnet18").optimizer == TrainConfig(model="resnet20").optimizer

@@ -8,10 +8,13 @@ from pathlib import Path
 
 from lottery.cli.main import COMMANDS, add_progress_flag
 from lottery.core.config import ConfigError
-from lottery.pruning.schedules import SCHEDULES, Schedule, resolve, schedule_params
-
-# schedule-specific options: flag dest -> parameter name of the schedule functions
-_PARAM_FLAGS = {"n_steps": "n_steps", "alpha": "alpha", "beta": "beta"}
+from lottery.pruning.schedules import (
+    SCHEDULES,
+    Schedule,
+    resolve,
+    schedule_flags,
+    schedule_params,
+)
 
 
 def add_schedule_args(p: argparse.ArgumentParser, units: tuple[str, ...]) -> None:
@@ -34,20 +37,22 @@ def add_schedule_args(p: argparse.ArgumentParser, units: tuple[str, ...]) -> Non
         default="fraction",
         help="unit of --start/--end: fraction of training, epochs or steps",
     )
-    g.add_argument("--n-steps", type=int, default=None, help="iterative: number of pruning steps")
-    g.add_argument("--alpha", type=float, default=None, help="one-cycle: slope α (default 14)")
-    g.add_argument("--beta", type=float, default=None, help="one-cycle: offset β (default 5)")
+    for param in schedule_flags():  # each registered schedule's own parameters
+        flag = "--" + param.name.replace("_", "-")
+        if flag not in p._option_string_actions:  # a name taken by another flag: Python only
+            g.add_argument(flag, dest=param.name, type=param.kind, default=None, help=param.help)
 
 
 def schedules_from_args(names: list[str], args: argparse.Namespace) -> list[Schedule]:
     """One Schedule per name; a schedule option that none of the names takes is an error."""
-    given = {k: getattr(args, k) for k in _PARAM_FLAGS if getattr(args, k) is not None}
+    flags = [p.name for p in schedule_flags()]
+    given = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     used: set[str] = set()
     out = []
     for name in names:
         takes = schedule_params(resolve(name))
-        params = {_PARAM_FLAGS[k]: v for k, v in given.items() if _PARAM_FLAGS[k] in takes}
-        used |= {k for k in given if _PARAM_FLAGS[k] in takes}
+        params = {k: v for k, v in given.items() if k in takes}
+        used |= set(params)
         out.append(
             Schedule(
                 name,

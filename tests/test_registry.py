@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from lottery import CRITERIA, DATASETS, Mask, prune, register_criterion, score
-from lottery.core.registry import Registry
 from lottery.pruning.criteria import Context
 from lottery.pruning.names import criterion_needs, usable
+from lottery.registry import Registry
 from lottery.studies.names import AT_INIT_CONTEXT, ROUTES
 
 
@@ -68,16 +68,22 @@ def test_every_builtin_entry_resolves():
     assert os.path.join is Registry("t", {"j": "os.path:join"})["j"]
 
 
-def test_a_criterion_registered_from_outside_prunes_like_a_builtin(monkeypatch):
+def test_a_criterion_registered_from_outside_prunes_like_a_builtin():
     """A criterion written outside the package: the smallest magnitudes kept (the inverse of
     magnitude pruning), checked against an independent sort."""
 
     def smallest(ctx: Context, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         return {n: -w.abs() for n, w in ctx.weights.items()}
 
-    monkeypatch.setattr(CRITERIA, "_targets", dict(CRITERIA._targets))
-    monkeypatch.setattr(CRITERIA, "_facts", dict(CRITERIA._facts))
     assert register_criterion("smallest", smallest) is smallest
+    try:
+        check_smallest(smallest)
+    finally:
+        del CRITERIA["smallest"]
+    assert "smallest" not in CRITERIA
+
+
+def check_smallest(smallest) -> None:
     assert criterion_needs("smallest") == () and "smallest" in usable(set(AT_INIT_CONTEXT))
     w = {"w": torch.randn(40, 30, generator=torch.Generator().manual_seed(0))}
     mask = prune(Mask({"w": torch.ones(40, 30, dtype=torch.bool)}), score("smallest", Context(w)),
@@ -86,3 +92,22 @@ def test_a_criterion_registered_from_outside_prunes_like_a_builtin(monkeypatch):
     assert mask.kept() == 300 and mask.tensors["w"].flatten()[kept].all()
     with pytest.raises(ValueError, match="unknown needs"):
         register_criterion("bad", smallest, needs=("weights",))
+
+
+def test_a_function_given_directly_is_recorded_by_its_path():
+    from lottery import IMPConfig
+    from lottery.core.config import ConfigError
+    from lottery.pruning import criteria, schedules
+    from lottery.pruning.schedules import Schedule
+
+    by_fn = Schedule(schedules.cosine, final_sparsity=0.6)
+    assert by_fn.name == "lottery.pruning.schedules:cosine"
+    by_name = Schedule("cosine", final_sparsity=0.6)
+    assert [by_fn.value(p / 10) for p in range(11)] == [by_name.value(p / 10) for p in range(11)]
+    assert IMPConfig(criterion=criteria.snip).criterion == "lottery.pruning.criteria:snip"
+    with pytest.raises(ConfigError, match="cannot be recorded by name"):
+        Schedule(lambda p, s_i, s_f: s_f, final_sparsity=0.5)
+    w = {"w": torch.randn(10, 10, generator=torch.Generator().manual_seed(1))}
+    by_path = score("lottery.pruning.criteria:magnitude", Context(w))
+    assert torch.equal(by_path["w"], score(criteria.magnitude, Context(w))["w"])
+    assert torch.equal(by_path["w"], score("magnitude", Context(w))["w"])

@@ -1,0 +1,132 @@
+"""Extending lottery from outside the package: an installed plugin (a `lottery.plugins` entry
+point) registers a criterion, a schedule with its own parameter, a dataset and a model with its
+recipe, and the command line uses all four by name; a function not registered is named by path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lottery import Mask
+
+REPO = Path(__file__).resolve().parents[2]
+PLUGIN = '''
+import math
+from typing import Annotated
+
+import torch
+from torch import nn
+
+from lottery import Recipe, register_criterion, register_dataset, register_model, register_schedule
+from lottery.datasets.spec import DatasetSpec
+
+
+def smallest(ctx, gen=None):
+    """Keep the smallest magnitudes: the inverse of magnitude pruning."""
+    return {n: -w.abs() for n, w in ctx.weights.items()}
+
+
+def halfway(p, s_i, s_f, at: Annotated[float, "progress at which all pruning happens"] = 0.5):
+    return s_f if p >= at else s_i
+
+
+def blobs():
+    """Four Gaussian classes of 1x8x8 images around fixed centres."""
+    g = torch.Generator().manual_seed(0)
+    centres = 2 * torch.randn(4, 1, 8, 8, generator=g)
+    y, yt = torch.arange(800) % 4, torch.arange(200) % 4
+    x = centres[y] + torch.randn(800, 1, 8, 8, generator=g)
+    xt = centres[yt] + torch.randn(200, 1, 8, 8, generator=g)
+    return x, y, xt, yt
+
+
+def tiny(input_shape, num_classes, width):
+    hidden = 32 * width
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
+register_criterion("smallest", smallest)
+register_schedule("halfway", halfway)
+register_dataset("blobs", DatasetSpec("Blobs", 4, (0.0,), (1.0,), False, generate=blobs,
+                                      val_divisor=8))
+register_model("tiny", tiny, Recipe("kaiming_normal", {"optimizer": "adam", "lr": 3e-3,
+               "batch_size": 32}, prune_fraction=0.5, prune_scope="global", output_rate=0.0,
+               paper="a test"))
+'''
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """An installed distribution `lab-plugin` whose entry point is the module above."""
+    root = tmp_path_factory.mktemp("site")
+    (root / "lab_plugin.py").write_text(PLUGIN)
+    info = root / "lab_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lottery.plugins]\nlab = lab_plugin\n")
+    return root
+
+
+def lottery(site: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    return subprocess.run([sys.executable, "-m", "lottery", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def test_a_plugin_model_dataset_and_criterion_run_an_imp_search(site, tmp_path):
+    out = tmp_path / "search"
+    done = lottery(site, "imp", "--model", "tiny", "--dataset", "blobs", "--steps", "60",
+                   "--rounds", "1", "--criterion", "smallest", "--device", "cpu",
+                   "--no-progress", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "round_01" / "ticket" / "config.json").read_text())["config"]
+    assert (config["optimizer"], config["lr"], config["batch_size"]) == ("adam", 3e-3, 32)
+    record = json.loads((out / "imp.json").read_text())["imp"]
+    assert (record["fraction"], record["scope"], record["criterion"]) == (0.5, "global", "smallest")
+    mask = Mask.load(out / "round_01" / "mask.npz")
+    assert mask.layer_counts() == {"1.weight": (1024, 2048), "3.weight": (128, 128)}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"][0]["test_accuracy"] > 0.6  # 4 classes: chance is 0.25
+
+
+def test_a_plugin_schedule_gets_a_flag_for_its_own_parameter(site):
+    help_text = lottery(site, "schedule", "--help").stdout
+    assert "halfway: progress at which all pruning happens (default 0.5)" in " ".join(
+        help_text.split()
+    )
+    done = lottery(site, "schedule", "halfway", "--final-sparsity", "0.8", "--at", "0.25",
+                   "--steps", "4")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["step,sparsity", "0,0.000000", "1,0.800000", "2,0.800000",
+                                   "3,0.800000", "4,0.800000"]  # fmt: skip
+
+
+def test_an_unregistered_function_is_named_by_its_path(site, tmp_path):
+    out = tmp_path / "prune"
+    done = lottery(site, "prune", "--model", "tiny", "--dataset", "blobs", "--steps", "40",
+                   "--schedule", "lab_plugin:halfway", "--final-sparsity", "0.75",
+                   "--criterion", "lab_plugin:smallest", "--update-every", "10",
+                   "--device", "cpu", "--no-progress", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    mask = Mask.load(out / "mask.npz")
+    assert mask.total() - mask.kept() == round(0.75 * mask.total())
+
+
+def test_a_broken_plugin_is_one_line(site, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad_plugin.py").write_text("raise RuntimeError('no GPU driver')\n")
+    info = broken / "bad_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: bad-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[lottery.plugins]\nbad = bad_plugin\n")
+    done = lottery(broken, "train", "--help")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "plugin bad (bad_plugin) failed to load: RuntimeError: no GPU driver" in done.stderr
+    assert done.stdout == ""
