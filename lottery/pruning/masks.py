@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lottery.core import layout
 from lottery.core.storage import write_bytes_atomic
 from lottery.pruning.names import GRANULARITIES, SCOPES
 
@@ -593,7 +594,7 @@ def _read_npz(path: str | Path, fmt: str) -> tuple[dict, dict[str, np.ndarray]]:
         redo = (
             f". It belongs to a run: remove the run folder {run} and rerun the command to redo "
             "it exactly"
-            if (run / "config.json").exists()
+            if (run / layout.CONFIG).exists()
             else ""
         )
         raise MaskError(f"cannot read {path}: truncated or corrupt {fmt} file ({e}){redo}") from e

@@ -20,8 +20,6 @@ Rerunning resumes: masks are read back, finished runs return their stored result
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +29,8 @@ from tqdm.auto import tqdm
 
 from lottery.analysis.records import AT_INIT_PRUNED, at_init_summaries, at_init_table
 from lottery.core import layout
-from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
-from lottery.core.storage import provenance, read_json, write_bytes_atomic, write_json
+from lottery.core.config import ConfigError, TrainConfig, check_seeds
+from lottery.core.storage import write_bytes_atomic, write_json
 from lottery.datasets.loading import Splits
 from lottery.pruning.checks import check_prune, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
@@ -46,7 +44,8 @@ from lottery.pruning.masks import (
     random_mask_like,
 )
 from lottery.pruning.names import criterion_name
-from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS
+from lottery.studies.base import StudyRecord
+from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS, CONTROL_PRIMES
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, TrainResult
 from lottery.training.runfolder import hold
@@ -54,11 +53,17 @@ from lottery.training.setup import compact_run, load_data, make_model
 from lottery.training.trainer import Trainer
 
 PRUNED = AT_INIT_PRUNED  # the run of the criterion's own mask
-# What pruning at initialisation can offer a criterion (no trained or accumulated weights).
-
-
-REINIT_OFFSET = 7919  # reinit seed = init seed + this
-SHUFFLE_OFFSET = 104729  # layer-shuffle seed = init seed * this + sparsity in basis points
+# reinit seed = init seed + REINIT_OFFSET; layer-shuffle seed = init seed * SHUFFLE_OFFSET +
+# sparsity in basis points
+REINIT_OFFSET, SHUFFLE_OFFSET = CONTROL_PRIMES
+# at_init.json: sparsities and controls may grow on resume, batching is how runs are scheduled.
+RECORD = StudyRecord(
+    file=layout.AT_INIT,
+    what="a pruning-at-init study",
+    key="at_init",
+    free=("sparsities", "controls", "batched"),
+    resumable="--sparsities, --controls and --batched",
+)
 
 
 @dataclass
@@ -97,11 +102,6 @@ class AtInitConfig:
         if self.score_batches < 1:
             raise ConfigError(f"score batches must be >= 1, got {self.score_batches}")
 
-    def record(self) -> dict[str, Any]:
-        """The settings that fix what each run is (sparsities and controls may grow on resume)."""
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if k not in ("sparsities", "controls", "batched")}
-
 
 def run_at_init(
     cfg: TrainConfig,
@@ -133,6 +133,8 @@ def run_at_init(
         rate_scale=settings.rate_scale,
     )
     Trainer(cfg, data, model, out, progress=False)  # device, bf16, save-at: checked, not written
+    for c, o in zip(cfgs, outs, strict=True):  # every seed's folder, before any is written
+        RECORD.check(o, c, dataclasses.asdict(settings), data.digest)
     with hold(out):  # one writer per study folder, taken once everything is validated
         summaries = _study(cfgs, outs, data, settings, progress)
         text = at_init_table(at_init_summaries(out))  # every seed the folder holds
@@ -150,7 +152,7 @@ def _study(
 ) -> list[dict]:
     """Every sparsity's pruned network and controls, trained; the summaries written and printed."""
     for c, o in zip(cfgs, outs, strict=True):
-        _write_settings(o, c, settings)
+        RECORD.write(o, c, dataclasses.asdict(settings), data.digest)
 
     rows: list[list[dict]] = [[] for _ in outs]
     for s in settings.sparsities:
@@ -269,27 +271,3 @@ def _prune(settings: AtInitConfig, scores: dict, sparsity: float) -> Mask:
 def _metrics(result: TrainResult) -> dict[str, Any]:
     keys = ("test_accuracy", "test_loss", "best_val_step", "test_accuracy_at_best_val", "seconds")
     return {k: getattr(result, k) for k in keys}
-
-
-def _write_settings(out: Path, cfg: TrainConfig, settings: AtInitConfig) -> None:
-    """at_init.json: the study's configuration; a different study in the same folder is refused."""
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            [cfg.fingerprint(*NON_RESULT_FIELDS), settings.record()], sort_keys=True
-        ).encode()
-    ).hexdigest()[:16]
-    path = out / layout.AT_INIT
-    if path.exists() and read_json(path).get("fingerprint") != fingerprint:
-        raise ConfigError(
-            f"{out} holds a pruning-at-init study with other settings; only --sparsities, "
-            "--controls and --batched may change when resuming. Use a new --out directory."
-        )
-    write_json(
-        {
-            "train": cfg.to_dict(),
-            "at_init": dataclasses.asdict(settings),
-            "fingerprint": fingerprint,
-            **provenance(),
-        },
-        path,
-    )

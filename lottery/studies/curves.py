@@ -297,5 +297,5 @@ def run_curve(
         "curve": rows,
         "sizes": [asdict(z) for z in sizes],
     }
-    write_json(result, out / "curve.json")
+    write_json(result, out / layout.CURVE)
     return result

@@ -9,8 +9,6 @@ Renda et al., ICLR 2020). Controls (random re-init, random pruning) run beside e
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,9 +19,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lottery.core import distributed, layout
-from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig, check_seeds
+from lottery.core.config import ConfigError, TrainConfig, check_seeds
 from lottery.core.device import resolve_device
-from lottery.core.storage import provenance, read_json, write_json
+from lottery.core.storage import read_json, write_json
 from lottery.datasets.loading import Splits
 from lottery.models import recipe
 from lottery.models.registry import output_layer_name, prunable_names
@@ -40,17 +38,19 @@ from lottery.pruning.masks import (
 )
 from lottery.pruning.names import criterion_name, criterion_needs
 from lottery.pruning.pruner import run_length
-from lottery.studies.names import IMP_CONTROLS, RESETS, TICKET_CONTEXT
+from lottery.studies.base import StudyRecord
+from lottery.studies.names import CONTROL_PRIMES, IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState, TrainResult, check_fits_training
-from lottery.training.runfolder import describe_diff, hold
+from lottery.training.runfolder import hold
 from lottery.training.setup import compact_run, load_data, make_model
 
 # Seeds derived for each round from the search's init seed. SEED_STRIDE keeps searches with
 # different init seeds apart for up to 1000 rounds; the primes keep the two controls' seeds from
 # colliding with each other and with the pruning seeds. Changing any of them changes every
 # recorded control (they are part of past results), so they are fixed.
-SEED_STRIDE, REINIT_PRIME, RANDOM_PRUNE_PRIME = 1000, 7919, 104729
+SEED_STRIDE = 1000
+REINIT_PRIME, RANDOM_PRUNE_PRIME = CONTROL_PRIMES
 
 
 def mask_seed(init_seed: int, r: int) -> int:
@@ -210,7 +210,7 @@ def validate_search(
             f"--rewind-step {imp.rewind_step} lies beyond the end of training ({total} steps)"
         )
     for cfg, out in zip(cfgs, outs, strict=True):
-        _check_record(out, cfg, imp, data.digest)
+        RECORD.check(out, cfg, dataclasses.asdict(imp), data.digest)
     return imp
 
 
@@ -244,7 +244,7 @@ def _loop(
     ks = [imp.rewind_step if imp.reset != "init" else 0 for imp in imps]
     recorded = [_recorded_rounds(out) for out in outs]
     for cfg, imp, out in zip(cfgs, imps, outs, strict=True):
-        _write_record(out, cfg, imp, data.digest)
+        RECORD.write(out, cfg, dataclasses.asdict(imp), data.digest)
 
     # Round 0: the dense network, saving θ0 and θk once for every later round.
     dense = [
@@ -274,7 +274,8 @@ def _loop(
             kept.append(row)
         _write_summaries(rounds, imps, outs, recorded)
     return [
-        {"settings": _settings(imp), "rounds": rows} for imp, rows in zip(imps, rounds, strict=True)
+        {"settings": dataclasses.asdict(imp), "rounds": rows}
+        for imp, rows in zip(imps, rounds, strict=True)
     ]
 
 
@@ -293,7 +294,7 @@ def _write_summaries(
         return
     for rows, imp, out, n in zip(rounds, imps, outs, recorded, strict=True):
         if len(rows) >= n:
-            write_json({"settings": _settings(imp), "rounds": rows}, out / layout.SUMMARY)
+            write_json({"settings": dataclasses.asdict(imp), "rounds": rows}, out / layout.SUMMARY)
 
 
 def _rounds(
@@ -483,76 +484,18 @@ def _metrics(result: TrainResult) -> dict[str, Any]:
     return {k: getattr(result, k) for k in keys}
 
 
-def _settings(imp: IMPConfig) -> dict[str, Any]:
-    return dataclasses.asdict(imp)
-
-
-# --rounds may grow on resume; --batched changes how runs are scheduled, not what they are
-_FREE_SETTINGS = ("rounds", "batched")
-# settings added after searches were recorded: at these defaults they stay out of the fingerprint,
-# so those searches still resume
-_LATER_SETTINGS: dict[str, Any] = {"control_rounds": ()}
-
-
-def _search_fingerprint(cfg: TrainConfig, imp: IMPConfig) -> str:
-    settings = {
-        k: v
-        for k, v in _settings(imp).items()
-        if k not in _FREE_SETTINGS and not (k in _LATER_SETTINGS and v == _LATER_SETTINGS[k])
-    }
-    return hashlib.sha256(
-        json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), settings], sort_keys=True).encode()
-    ).hexdigest()[:16]
-
-
-def _check_record(out: Path, cfg: TrainConfig, imp: IMPConfig, digest: str) -> None:
-    """Refuse a folder whose imp.json records another search, naming the settings that differ,
-    or the same search on other data (`Splits.digest`; searches recorded without one pass)."""
-    path = out / layout.IMP_RECORD
-    if not path.exists():
-        return
-    old = read_json(path)
-    if old.get("data_digest") not in (None, digest):
-        raise ConfigError(
-            f"{out} holds an IMP search started on other data (digest {old['data_digest']}, now "
-            f"{digest}): the dataset files or --data-root changed; restore them or use a new --out"
-        )
-    if old.get("fingerprint") == _search_fingerprint(cfg, imp):
-        return
-
-    def comparable(train: dict, settings: dict) -> dict:
-        return {
-            "train": {k: v for k, v in train.items() if k not in NON_RESULT_FIELDS},
-            "imp": {k: v for k, v in settings.items() if k not in _FREE_SETTINGS},
-        }
-
-    before = comparable(old.get("train", {}), old.get("imp", {}))
-    after = comparable(cfg.to_dict(), json.loads(json.dumps(_settings(imp))))
-    raise ConfigError(
-        f"{out} holds an IMP search with other settings ({describe_diff(before, after)}); only "
-        "--rounds may change when resuming. Use a new --out directory."
-    )
-
-
-def _write_record(out: Path, cfg: TrainConfig, imp: IMPConfig, digest: str) -> None:
-    """imp.json: the search's full configuration and its data's digest, written when new or when
-    --rounds grows."""
-    _check_record(out, cfg, imp, digest)
-    path = out / layout.IMP_RECORD
-    if path.exists() and read_json(path)["imp"]["rounds"] >= imp.rounds:
-        return
-    fingerprint = _search_fingerprint(cfg, imp)
-    if distributed.is_main():
-        write_json(
-            {
-                "train": cfg.to_dict(),
-                "imp": _settings(imp),
-                "fingerprint": fingerprint,
-                "data_digest": digest,
-                **provenance(),
-            },
-            path,
-        )
+# imp.json. --rounds may grow on resume; --batched changes how runs are scheduled, not what they
+# are; control_rounds was added after searches were recorded: at its default it stays out of the
+# fingerprint, so those searches still resume.
+RECORD = StudyRecord(
+    file=layout.IMP_RECORD,
+    what="an IMP search",
+    key="imp",
+    free=("rounds", "batched"),
+    resumable="--rounds",
+    later={"control_rounds": ()},
+    rewrite=lambda old, new: new["rounds"] > old.get("rounds", 0),
+)
 
 
 def _fmt(x: float | None) -> str:

@@ -41,7 +41,7 @@ from lottery.training.trainer import Trainer
 
 Pair = tuple[int, int]  # the data seeds of two copies trained from the same state
 # The one-pair record of a step folder written before sweeps took several pairs.
-LEGACY_CURVE = "curve.json"
+LEGACY_CURVE = layout.CURVE
 # BatchNorm statistics along the path are re-estimated on this many training examples.
 BN_EXAMPLES = 4096
 
@@ -135,7 +135,7 @@ def instability(
     mask: Mask | None = None,
     data: Splits | None = None,
     progress: bool = True,
-    record: str = "curve.json",
+    record: str = layout.CURVE,
 ) -> InstabilityRow:
     """Train two copies from `start` with data seeds `seeds` and measure their error barrier.
 

@@ -20,6 +20,11 @@ TICKET_CONTEXT = frozenset({"start", "model", "batches", "input_shape", "sparsit
 AT_INIT_CONTROLS = ("layer-shuffle", "reinit", "invert")
 AT_INIT_CONTEXT = frozenset({"model", "batches", "input_shape", "sparsity"})
 
+# Two primes from which the controls' seeds derive (IMP's random re-init and random prune,
+# pruning at init's reinit and layer-shuffle), so that no control shares a seed with a run or with
+# the other control. They are part of every recorded control's result, so they never change.
+CONTROL_PRIMES = (7919, 104729)
+
 # Gradual pruning: every prunable tensor, or convolution weights only.
 LAYERS = ("all", "conv")
 

@@ -93,7 +93,7 @@ def rewind_sweep(
         "runs": runs,
         "overlap": sweep_overlap(out, steps),
     }
-    write_json(result, out / "rewind_sweep.json")
+    write_json(result, out / layout.REWIND_SWEEP)
     return result
 
 

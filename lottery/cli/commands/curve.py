@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats, show_progress
+from lottery.core import layout
 from lottery.studies.names import CURVE_SPARSITIES, methods
 
 
@@ -118,5 +119,5 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * z['sparsity']:7.0f}% {z['dense_bytes']:10d} {z['gzip_bytes']:10d} "
             f"{z['sparse_bytes']:10d}"
         )
-    print(f"results: {args.out / 'curve.json'}; report: {files[-1]}")
+    print(f"results: {args.out / layout.CURVE}; report: {files[-1]}")
     return 0

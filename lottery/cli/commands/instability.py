@@ -111,5 +111,5 @@ def run(args: argparse.Namespace) -> int:
     )
     for r in result["rows"]:
         print(f"{r['step']:8d}  {barrier_cell(r):>32s}  {100 * r['endpoint_gap']:22.2f}")
-    print(f"results: {args.out / 'instability.json'}; report: {files[-1]}")
+    print(f"results: {args.out / layout.INSTABILITY}; report: {files[-1]}")
     return 0

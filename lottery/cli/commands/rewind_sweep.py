@@ -76,5 +76,5 @@ def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
             + "".join(f" {100 * a:9.2f}" for a in accs)
         )
     files = write_report(args.out)
-    print(f"results: {args.out / 'rewind_sweep.json'}; report: {files[-1]}")
+    print(f"results: {args.out / layout.REWIND_SWEEP}; report: {files[-1]}")
     return 0

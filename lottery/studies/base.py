@@ -1,0 +1,103 @@
+"""The contract of a study folder: one record of what the study is, refusing any other study.
+
+A study (an IMP search, a pruning-at-init study, a sweep) records in one JSON file its training
+configuration, its own settings, a fingerprint of everything that changes its results, and the
+digest of the data it trains on. Rerunning the command resumes the study; a folder that holds
+another study (other settings, or the same settings on other data) is refused before anything is
+written, naming what differs. Settings in `free` may change when resuming (more rounds, more
+sparsities, batching), and a setting added after folders were recorded stays out of the
+fingerprint at its default (`later`), so those folders still resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lottery.core import distributed
+from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
+from lottery.core.storage import provenance, read_json, write_json
+from lottery.training.runfolder import describe_diff
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """How one kind of study records itself: file name, the study's name in messages, the key of
+    its settings in the record, what may change on resume (and how the command line says it)."""
+
+    file: str  # the record's name in the study folder (from lottery.core.layout)
+    what: str  # "an IMP search"
+    key: str  # the study's settings in the record: record[key]
+    free: tuple[str, ...] = ()
+    resumable: str = "nothing"  # "--rounds": what the refusal says may change
+    later: Mapping[str, Any] = field(default_factory=dict)
+    # whether a resumed study's settings replace the recorded ones (default: when they differ)
+    rewrite: Callable[[dict, dict], bool] = lambda old, new: old != new
+
+    def fingerprint(self, cfg: TrainConfig, settings: dict[str, Any]) -> str:
+        """Short hash of the result-changing training settings and study settings."""
+        settings, later = as_json(settings), as_json(dict(self.later))
+        fixed = {
+            k: v
+            for k, v in settings.items()
+            if k not in self.free and not (k in later and v == later[k])
+        }
+        return hashlib.sha256(
+            json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), fixed], sort_keys=True).encode()
+        ).hexdigest()[:16]
+
+    def check(self, out: Path, cfg: TrainConfig, settings: dict[str, Any], digest: str) -> None:
+        """Refuse `out` if it records another study, or this one on other data (a record from
+        before data digests were kept passes)."""
+        path = Path(out) / self.file
+        if not path.exists():
+            return
+        old = read_json(path)
+        if old.get("data_digest") not in (None, digest):
+            raise ConfigError(
+                f"{out} holds {self.what} started on other data (digest {old['data_digest']}, "
+                f"now {digest}): the dataset files or --data-root changed; restore them or use a "
+                "new --out"
+            )
+        if old.get("fingerprint") == self.fingerprint(cfg, settings):
+            return
+
+        def comparable(train: dict, study: dict) -> dict:
+            return {
+                "train": {k: v for k, v in train.items() if k not in NON_RESULT_FIELDS},
+                self.key: {k: v for k, v in study.items() if k not in self.free},
+            }
+
+        before = comparable(old.get("train", {}), old.get(self.key, {}))
+        after = comparable(cfg.to_dict(), as_json(settings))
+        raise ConfigError(
+            f"{out} holds {self.what} with other settings ({describe_diff(before, after)}); only "
+            f"{self.resumable} may change when resuming. Use a new --out directory."
+        )
+
+    def write(self, out: Path, cfg: TrainConfig, settings: dict[str, Any], digest: str) -> None:
+        """Check, then record the study (when new, or when `rewrite` says the settings grew);
+        under torchrun only rank 0 writes."""
+        self.check(out, cfg, settings, digest)
+        path = Path(out) / self.file
+        settings = as_json(settings)
+        if path.exists() and not self.rewrite(read_json(path).get(self.key, {}), settings):
+            return
+        if distributed.is_main():
+            record = {
+                "train": cfg.to_dict(),
+                self.key: settings,
+                "fingerprint": self.fingerprint(cfg, settings),
+                "data_digest": digest,
+                **provenance(),
+            }
+            write_json(record, path)
+
+
+def as_json(value: Any) -> Any:
+    """`value` as a JSON file holds it (tuples as lists), so recorded and given settings compare."""
+    return json.loads(json.dumps(value))
