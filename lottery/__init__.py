@@ -71,6 +71,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "run_at_init": ("lottery.studies.at_init", "run_at_init"),
     "curve_methods": ("lottery.studies.names", "methods"),
     "one_shot_mask": ("lottery.studies.curves", "one_shot_mask"),
+    "run_curve": ("lottery.studies.curves", "run_curve"),
     "Architecture": ("lottery.studies.export", "Architecture"),
     "GradualRun": ("lottery.studies.gradual", "GradualRun"),
     "PruningSettings": ("lottery.studies.gradual", "PruningSettings"),
@@ -83,6 +84,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "default_pairs": ("lottery.studies.instability", "default_pairs"),
     "instability_sweep": ("lottery.studies.instability", "instability_sweep"),
     "train_dense": ("lottery.studies.rewind_sweep", "train_dense"),
+    "rewind_sweep": ("lottery.studies.rewind_sweep", "rewind_sweep"),
     "measure_speed": ("lottery.studies.speed", "measure"),
     # analysis
     "aggregate": ("lottery.analysis.aggregate", "aggregate"),

@@ -43,7 +43,7 @@ from lottery.pruning.masks import (
 )
 from lottery.studies.names import CURVE_SPARSITIES, TICKET_CONTEXT, Method, methods
 from lottery.studies.rewind_sweep import train_dense
-from lottery.training.runfolder import recorded_config
+from lottery.training.runfolder import hold, recorded_config
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 
@@ -267,35 +267,36 @@ def run_curve(
     """
     out = Path(out)
     check_curve([*(names or []), size_method], sparsities, norm, prune_output)
-    if source is None:
-        source = out / "dense"
-        train_dense(cfg, [], source, progress=progress)
-    cfg, state = trained_run(source)
-    data = load_data(cfg)
-    model = make_model(cfg, data).to(data.test_x.device)
-    initial = {n: p.detach().to(data.test_x.device) for n, p in model.named_parameters()}
-    model.load_state_dict(state)
-    context = Context(
-        {},
-        initial=initial,
-        batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
-        input_shape=data.input_shape,
-    )
-    options = {"seed": seed, "norm": norm, "prune_output": prune_output}
-    rows = pruning_curve(
-        model, data, names=names, sparsities=sparsities, context=context, **options
-    )
-    sizes = sizes_on_disk(
-        model, method=size_method, sparsities=sparsities, context=context, **options
-    )
-    result = {
-        "source": str(source),
-        "model": cfg.model,
-        "dataset": cfg.dataset,
-        **options,
-        "size_method": size_method,
-        "curve": rows,
-        "sizes": [asdict(z) for z in sizes],
-    }
-    write_json(result, out / layout.CURVE)
+    with hold(out):  # one writer for the folder, from the dense run to curve.json
+        if source is None:
+            source = out / layout.DENSE
+            train_dense(cfg, [], source, progress=progress)
+        cfg, state = trained_run(source)
+        data = load_data(cfg)
+        model = make_model(cfg, data).to(data.test_x.device)
+        initial = {n: p.detach().to(data.test_x.device) for n, p in model.named_parameters()}
+        model.load_state_dict(state)
+        context = Context(
+            {},
+            initial=initial,
+            batches=training_batches(data.train_x, data.train_y, cfg.batch_size, seed),
+            input_shape=data.input_shape,
+        )
+        options = {"seed": seed, "norm": norm, "prune_output": prune_output}
+        rows = pruning_curve(
+            model, data, names=names, sparsities=sparsities, context=context, **options
+        )
+        sizes = sizes_on_disk(
+            model, method=size_method, sparsities=sparsities, context=context, **options
+        )
+        result = {
+            "source": str(source),
+            "model": cfg.model,
+            "dataset": cfg.dataset,
+            **options,
+            "size_method": size_method,
+            "curve": rows,
+            "sizes": [asdict(z) for z in sizes],
+        }
+        write_json(result, out / layout.CURVE)
     return result

@@ -35,6 +35,7 @@ from lottery.pruning.pruner import run_length
 from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
 from lottery.training.run import StartState, check_fits_training
+from lottery.training.runfolder import hold
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer
@@ -272,33 +273,36 @@ def instability_sweep(
         "pairs": [list(p) for p in pairs],
         "points": points,
     }
-    _claim(out, settings)
-    if dense is None:
-        train_dense(cfg, steps, dense_dir, data, progress)
-    elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != settings["config"]:
-        raise ConfigError(f"{dense_dir} was trained with another configuration than the one given")
-    rows = []
-    for k in steps:
-        start = StartState.from_checkpoint(checkpoint_at(dense_dir, k))
-        step_dir = out / f"step_{k:07d}"
-        measured = []
-        for pair in pairs:
-            row = _legacy_row(step_dir, pair)
-            if row is None:
-                row = instability(
-                    cfg, start, step_dir, seeds=pair, points=points, mask=mask, data=data,
-                    progress=progress, record=pair_record(pair),
-                )  # fmt: skip
-            measured.append(row)
-        rows.append(step_summary(k, measured))
-    result = {
-        **settings,
-        "seeds": list(dict.fromkeys(s for p in pairs for s in p)),
-        "dense": str(dense_dir),
-        "density": mask.density() if mask is not None else 1.0,
-        "rows": rows,
-    }
-    write_json(result, out / layout.INSTABILITY)
+    with hold(out):  # one writer for the folder, from settings.json to instability.json
+        _claim(out, settings)
+        if dense is None:
+            train_dense(cfg, steps, dense_dir, data, progress)
+        elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != settings["config"]:
+            raise ConfigError(
+                f"{dense_dir} was trained with another configuration than the one given"
+            )
+        rows = []
+        for k in steps:
+            start = StartState.from_checkpoint(checkpoint_at(dense_dir, k))
+            step_dir = out / f"step_{k:07d}"
+            measured = []
+            for pair in pairs:
+                row = _legacy_row(step_dir, pair)
+                if row is None:
+                    row = instability(
+                        cfg, start, step_dir, seeds=pair, points=points, mask=mask, data=data,
+                        progress=progress, record=pair_record(pair),
+                    )  # fmt: skip
+                measured.append(row)
+            rows.append(step_summary(k, measured))
+        result = {
+            **settings,
+            "seeds": list(dict.fromkeys(s for p in pairs for s in p)),
+            "dense": str(dense_dir),
+            "density": mask.density() if mask is not None else 1.0,
+            "rows": rows,
+        }
+        write_json(result, out / layout.INSTABILITY)
     return result
 
 

@@ -18,8 +18,9 @@ from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import write_json
 from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
-from lottery.studies.imp import IMPConfig, run_searches
+from lottery.studies.imp import IMPConfig, run_searches, validate_search
 from lottery.training.run import TrainResult
+from lottery.training.runfolder import hold
 from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
 
@@ -76,24 +77,29 @@ def rewind_sweep(
     """
     out = Path(out)
     steps = check_rewind_steps(steps)
-    dense = out / "dense"
-    train_dense(cfg, steps, dense, progress=progress)
-    outs = [layout.rewind_dir(out, k) for k in steps]
-    for kdir in outs:
-        link = layout.ticket_dir(kdir, 0)
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(os.path.relpath(dense, link.parent), link, target_is_directory=True)
+    data = load_data(cfg)
+    model = make_model(cfg, data)
     points = [dataclasses.replace(imp, reset="rewind", rewind_step=k) for k in steps]
-    summaries = run_searches([cfg] * len(steps), points, outs, out, progress)
-    runs = {str(k): summary["rounds"] for k, summary in zip(steps, summaries, strict=True)}
-    result = {
-        "steps": steps,
-        "imp": {**dataclasses.asdict(imp), "reset": "rewind"},
-        "runs": runs,
-        "overlap": sweep_overlap(out, steps),
-    }
-    write_json(result, out / layout.REWIND_SWEEP)
+    for k, point in zip(steps, points, strict=True):  # every point, before the dense run
+        validate_search([cfg], point, [layout.rewind_dir(out, k)], data, model)
+    with hold(out):  # one writer for the folder, from the dense run to rewind_sweep.json
+        dense = out / layout.DENSE
+        train_dense(cfg, steps, dense, progress=progress)
+        outs = [layout.rewind_dir(out, k) for k in steps]
+        for kdir in outs:
+            link = layout.ticket_dir(kdir, 0)
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(os.path.relpath(dense, link.parent), link, target_is_directory=True)
+        summaries = run_searches([cfg] * len(steps), points, outs, out, progress)
+        runs = {str(k): summary["rounds"] for k, summary in zip(steps, summaries, strict=True)}
+        result = {
+            "steps": steps,
+            "imp": {**dataclasses.asdict(imp), "reset": "rewind"},
+            "runs": runs,
+            "overlap": sweep_overlap(out, steps),
+        }
+        write_json(result, out / layout.REWIND_SWEEP)
     return result
 
 

@@ -50,12 +50,16 @@ def hold(out: str | Path, command: str | None = None) -> Iterator[Path]:
     lock support (Linux maps flock to NFS byte-range locks). It is NOT safe where locks are not
     shared between hosts: NFS mounted with `nolock`/`local_lock`, or some FUSE and SMB mounts; there
     two machines may write one folder at once. Under torchrun only rank 0 (the writer) locks.
+    Holding a folder again, or one inside a held folder, from the same process is a no-op.
     """
     out = Path(out)
     if not distributed.is_main():
         yield out
         return
     key = out.resolve()
+    if any(p in _held for p in key.parents):  # inside a tree this process already holds
+        yield out
+        return
     if key in _held:
         _held[key][1] += 1
         try:

@@ -22,6 +22,7 @@ from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import Pruner
 from lottery.training.engine import Hooks, fit_one
 from lottery.training.run import Run, RunSpec, StartState, TrainResult
+from lottery.training.runfolder import hold
 from lottery.training.stacked import SingleCopy
 
 
@@ -70,10 +71,12 @@ class Trainer:
     def fit(self, start: StartState | None = None) -> TrainResult:
         """Train to the configured length, resuming from checkpoints/last.pt if present.
 
-        In a data-parallel run every rank calls this; rank 0 alone writes the run folder.
+        In a data-parallel run every rank calls this; rank 0 alone writes the run folder, holding
+        its lock.
         """
         hooks = Hooks(after_step=[self.on_step] if self.on_step is not None else [])
-        return fit_one(self.run, start, self.data, self.progress, hooks, started=self._started)
+        with hold(self.run.dir):
+            return fit_one(self.run, start, self.data, self.progress, hooks, started=self._started)
 
     def _started(self, copy: SingleCopy) -> None:
         self.copy = copy

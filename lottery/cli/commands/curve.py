@@ -94,19 +94,19 @@ def run(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", kinds=("curve",))
     if args.download:
         load_data(cfg, download=True)
+    result = run_curve(
+        cfg,
+        args.out,
+        source=args.source,
+        names=names,
+        sparsities=tuple(args.sparsities),
+        size_method=args.size_method,
+        seed=args.prune_seed,
+        norm=args.norm,
+        prune_output=args.prune_output,
+        progress=show_progress(args),
+    )
     with hold(args.out):
-        result = run_curve(
-            cfg,
-            args.out,
-            source=args.source,
-            names=names,
-            sparsities=tuple(args.sparsities),
-            size_method=args.size_method,
-            seed=args.prune_seed,
-            norm=args.norm,
-            prune_output=args.prune_output,
-            progress=show_progress(args),
-        )
         files = write_report(args.out)
     names = list(dict.fromkeys(r["method"] for r in result["curve"]))
     print(f"{'sparsity':>8s}" + "".join(f" {n:>16s}" for n in names) + "   (test accuracy %)")

@@ -94,17 +94,17 @@ def run(args: argparse.Namespace) -> int:
         load_data(cfg, download=True)
     check_writable(args.out, "--out", kinds=("instability",))
     mask = load_mask(args.mask) if args.mask is not None else None
+    result = instability_sweep(
+        cfg,
+        list(args.start_steps),
+        args.out,
+        dense=args.dense,
+        mask=mask,
+        seeds=pairs,
+        points=args.points,
+        progress=show_progress(args),
+    )
     with hold(args.out):
-        result = instability_sweep(
-            cfg,
-            list(args.start_steps),
-            args.out,
-            dense=args.dense,
-            mask=mask,
-            seeds=pairs,
-            points=args.points,
-            progress=show_progress(args),
-        )
         files = write_report(args.out)
     print(
         f"\n{'step k':>8s}  {'barrier % mean ± std (n pairs)':>32s}  {'mean |endpoint gap| %':>22s}"

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING
 
 from lottery.cli.commands.imp import add_pruning_args, pruning_settings
 from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
 from lottery.core import layout
-from lottery.core.config import TrainConfig
 
 if TYPE_CHECKING:
-    from lottery.studies.imp import IMPConfig
+    pass
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,27 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lottery.studies.imp import IMPConfig, validate_search
-    from lottery.studies.rewind_sweep import check_rewind_steps
+    from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
+    from lottery.studies.imp import IMPConfig
+    from lottery.studies.rewind_sweep import rewind_sweep
     from lottery.training.runfolder import check_writable, hold
-    from lottery.training.setup import load_data, make_model
+    from lottery.training.setup import load_data
 
     cfg = config_from_args(args)
     check_writable(args.out, "--out", kinds=("sweep",))
     imp = IMPConfig(**pruning_settings(args), reset="rewind", batched=args.batched)
-    data = load_data(cfg, download=args.download)
-    model = make_model(cfg, data)
-    for k in check_rewind_steps(list(args.rewind_steps)):  # every point, before the dense run
-        point = dataclasses.replace(imp, rewind_step=k)
-        validate_search([cfg], point, [layout.rewind_dir(args.out, k)], data, model)
-    with hold(args.out):
-        return _sweep(cfg, imp, args)
-
-
-def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
-    from lottery.analysis.report import write_report  # seaborn loads only when a figure is drawn
-    from lottery.studies.rewind_sweep import rewind_sweep
-
+    if args.download:
+        load_data(cfg, download=True)
     result = rewind_sweep(cfg, imp, list(args.rewind_steps), args.out, show_progress(args))
     print(
         f"\n{'round':>5s} {'weights%':>9s}"
@@ -75,6 +63,7 @@ def _sweep(cfg: TrainConfig, imp: IMPConfig, args: argparse.Namespace) -> int:
             f"{row['round']:5d} {row['percent_remaining']:9.2f}"
             + "".join(f" {100 * a:9.2f}" for a in accs)
         )
-    files = write_report(args.out)
+    with hold(args.out):
+        files = write_report(args.out)
     print(f"results: {args.out / layout.REWIND_SWEEP}; report: {files[-1]}")
     return 0

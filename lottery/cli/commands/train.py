@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from lottery.pruning.masks import Mask
-    from lottery.training.runfolder import check_writable, hold
+    from lottery.training.runfolder import check_writable
     from lottery.training.setup import load_data, make_model
     from lottery.training.trainer import Trainer
 
@@ -30,10 +30,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(cfg, download=args.download)
     model = make_model(cfg, data)
     mask = Mask.load(args.mask, model) if args.mask else None
-    # the Trainer checks the settings against model and data; nothing is written before `hold`,
-    # and a folder holding another run (other settings or mask) is refused before training
+    # the Trainer checks the settings against model and data; nothing is written before `fit`
+    # takes the folder's lock, and a folder holding another run is refused before training
     trainer = Trainer(cfg, data, model, args.out, mask=mask, progress=show_progress(args))
-    with hold(args.out):
-        result = trainer.fit()
+    result = trainer.fit()
     print(json.dumps(result.to_dict(), indent=2))
     return 0
