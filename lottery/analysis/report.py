@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -34,6 +35,7 @@ from lottery.core import layout
 from lottery.core.config import ConfigError
 from lottery.core.storage import read_json, read_jsonl, write_bytes_atomic
 from lottery.pruning.masks import Mask
+from lottery.registry import Registry
 
 Section = tuple[dict[str, Figure], str, dict[str, bytes]]  # figures, markdown, table files
 
@@ -386,15 +388,40 @@ def _is_group(p: Path) -> bool:
     return layout.kind(p) in (None, "seeds")
 
 
-SECTIONS: list[tuple[Callable[[Path], bool], Callable[[Path], Section]]] = [
-    (lambda p: layout.is_search(p) and bool(layout.round_dirs(p)), imp_section),
-    (lambda p: (p / layout.REWIND_SWEEP).exists(), sweep_section),
-    (lambda p: (p / layout.INSTABILITY).exists(), instability_section),
-    (lambda p: (p / layout.CURVE).exists(), curve_section),
-    (lambda p: bool(records.at_init_summaries(p)), at_init_section),
-    (lambda p: (p / layout.METRICS).exists(), train_section),
-    (_is_group, group_section),
-]
+@dataclass(frozen=True)
+class ReportSection:
+    """A part of report.md: for a folder it `applies` to, `make(folder)` gives its figures,
+    markdown and table files."""
+
+    applies: Callable[[Path], bool]
+    make: Callable[[Path], Section]
+
+
+# In report order; every section that applies to a folder is written.
+SECTIONS: Registry = Registry(
+    "report section",
+    {
+        "imp": ReportSection(
+            lambda p: layout.is_search(p) and bool(layout.round_dirs(p)), imp_section
+        ),
+        "rewind-sweep": ReportSection(lambda p: (p / layout.REWIND_SWEEP).exists(), sweep_section),
+        "instability": ReportSection(
+            lambda p: (p / layout.INSTABILITY).exists(), instability_section
+        ),
+        "curve": ReportSection(lambda p: (p / layout.CURVE).exists(), curve_section),
+        "at-init": ReportSection(lambda p: bool(records.at_init_summaries(p)), at_init_section),
+        "train": ReportSection(lambda p: (p / layout.METRICS).exists(), train_section),
+        "seeds": ReportSection(_is_group, group_section),
+    },
+)
+
+
+def register_report_section(
+    name: str, applies: Callable[[Path], bool], make: Callable[[Path], Section]
+) -> None:
+    """Add a section to every report of a folder that `applies` holds (after the built-in ones):
+    `make(folder)` returns (figures by file stem, markdown, table files by name)."""
+    SECTIONS.register(name, ReportSection(applies, make))
 
 
 def write_report(
@@ -409,9 +436,9 @@ def write_report(
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory")
     written, texts = [], []
-    for applies, section in SECTIONS:
-        if applies(run):
-            figures, text, tables = section(run)
+    for section in SECTIONS.values():
+        if section.applies(run):
+            figures, text, tables = section.make(run)
             paths = [plots.save(fig, out / f"{name}.{fmt}") for name, fig in figures.items()]
             for name, data in tables.items():
                 write_bytes_atomic(data, out / name)
@@ -422,7 +449,7 @@ def write_report(
         raise ConfigError(
             f"{run} holds no recognisable results (an IMP search, seed_<s>/ folders or a folder "
             f"of runs of one kind, {layout.REWIND_SWEEP}, {layout.INSTABILITY}, {layout.CURVE}, "
-            f"{layout.AT_INIT} or {layout.METRICS})"
+            f"{layout.AT_INIT} or {layout.METRICS}, or what a registered report section reads)"
         )
     md = out / "report.md"
     write_bytes_atomic(("# Report\n\n" + "\n\n".join(texts) + "\n").encode(), md)

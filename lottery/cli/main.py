@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import sys
 import traceback
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,22 +25,72 @@ from lottery import __version__
 from lottery.core.config import ConfigError, TrainConfig, field_value
 from lottery.datasets import DATASETS
 from lottery.pruning.names import CRITERIA
+from lottery.registry import Registry
 
-# Subcommand -> one-line help (the module `lottery.cli.commands.<name>` registers the full parser).
-COMMANDS: dict[str, str] = {
-    "train": "train a network (resumes if --out holds an unfinished run)",
-    "imp": "iterative magnitude pruning: find winning tickets",
-    "schedule": "print or plot pruning schedules (sparsity per step) without training",
-    "prune": "gradual pruning during training under a schedule (one-shot, AGP, one-cycle, ...)",
-    "overlap": "Jaccard, overlap coefficient and Hamming distance of masks vs chance",
-    "rewind-sweep": "compare rewind points: IMP with weight rewinding to each step, side by side",
-    "instability": "linear mode connectivity: error barrier vs the step two copies start from",
-    "curve": "one-shot pruning curves (layer-wise, structured, global, random) and size on disk",
-    "report": "figures, tables (markdown, CSV, JSON) and multi-seed statistics of results",
-    "export": "export a pruned run for inference: compact, sparse (CSR), 2:4 or dense",
-    "speed": "time inference of a pruned run: dense vs compact, sparse and 2:4, and vs sparsity",
-    "at-init": "prune at initialization (SNIP, GraSP, SynFlow, ...) and train, with sanity checks",
-}
+
+# Subcommand -> its parser builder (`add_parser(subparsers)` in lottery.cli.commands.<name>, loaded
+# only for the command being run) and its one-line help.
+def _builtin(name: str, help: str) -> tuple[str, dict[str, str]]:
+    return f"lottery.cli.commands.{name.replace('-', '_')}:add_parser", {"help": help}
+
+
+COMMANDS: Registry = Registry(
+    "command",
+    {
+        "train": _builtin("train", "train a network (resumes if --out holds an unfinished run)"),
+        "imp": _builtin("imp", "iterative magnitude pruning: find winning tickets"),
+        "schedule": _builtin(
+            "schedule", "print or plot pruning schedules (sparsity per step) without training"
+        ),
+        "prune": _builtin(
+            "prune",
+            "gradual pruning during training under a schedule (one-shot, AGP, one-cycle, ...)",
+        ),
+        "overlap": _builtin(
+            "overlap", "Jaccard, overlap coefficient and Hamming distance of masks vs chance"
+        ),
+        "rewind-sweep": _builtin(
+            "rewind-sweep",
+            "compare rewind points: IMP with weight rewinding to each step, side by side",
+        ),
+        "instability": _builtin(
+            "instability",
+            "linear mode connectivity: error barrier vs the step two copies start from",
+        ),
+        "curve": _builtin(
+            "curve",
+            "one-shot pruning curves (layer-wise, structured, global, random) and size on disk",
+        ),
+        "report": _builtin(
+            "report", "figures, tables (markdown, CSV, JSON) and multi-seed statistics of results"
+        ),
+        "export": _builtin(
+            "export", "export a pruned run for inference: compact, sparse (CSR), 2:4 or dense"
+        ),
+        "speed": _builtin(
+            "speed",
+            "time inference of a pruned run: dense vs compact, sparse and 2:4, and vs sparsity",
+        ),
+        "at-init": _builtin(
+            "at-init",
+            "prune at initialization (SNIP, GraSP, SynFlow, ...) and train, with sanity checks",
+        ),
+    },
+)
+
+
+def command_help(name: str) -> str:
+    """The one-line help of command `name`."""
+    return COMMANDS.facts(name)["help"]
+
+
+def register_command(
+    name: str, add_parser: Callable[[argparse._SubParsersAction], None], help: str
+) -> None:
+    """Add `lottery NAME`: `add_parser(subparsers)` registers its parser and sets `func(args) ->
+    exit status`, as each built-in command module does (from an installed plugin, see
+    docs/architecture.md)."""
+    COMMANDS.register(name, add_parser, help=help)
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -273,13 +322,11 @@ def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentPars
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     full = set(COMMANDS if commands is None else commands)
-    for name, text in COMMANDS.items():
+    for name in COMMANDS:
         if name in full:
-            importlib.import_module(f"lottery.cli.commands.{name.replace('-', '_')}").add_parser(
-                sub
-            )
+            COMMANDS[name](sub)
         else:
-            sub.add_parser(name, help=text)
+            sub.add_parser(name, help=command_help(name))
     return parser
 
 

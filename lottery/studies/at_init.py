@@ -20,7 +20,7 @@ Rerunning resumes: masks are read back, finished runs return their stored result
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from lottery.pruning.masks import (
     random_mask_like,
 )
 from lottery.pruning.names import criterion_name
-from lottery.studies.base import StudyRecord
+from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS, CONTROL_PRIMES
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, TrainResult
@@ -75,7 +75,7 @@ class AtInitConfig:
     scope: str = "global"  # as the papers prune
     granularity: str = "weight"
     rate_scale: dict[str, float] = field(default_factory=dict)
-    controls: tuple[str, ...] = AT_INIT_CONTROLS
+    controls: tuple[str, ...] = tuple(AT_INIT_CONTROLS)
     score_batches: int = 1
     batched: bool = False
 
@@ -98,7 +98,7 @@ class AtInitConfig:
             raise ConfigError(f"unknown pruning scope {self.scope!r}; choose from {SCOPES}")
         bad = [c for c in self.controls if c not in AT_INIT_CONTROLS]
         if bad:
-            raise ConfigError(f"unknown control {bad[0]!r}; choose from {AT_INIT_CONTROLS}")
+            raise ConfigError(f"unknown control {bad[0]!r}; choose from {tuple(AT_INIT_CONTROLS)}")
         if self.score_batches < 1:
             raise ConfigError(f"score batches must be >= 1, got {self.score_batches}")
 
@@ -181,13 +181,41 @@ def _study(
     return summaries
 
 
+@dataclass(frozen=True)
+class AtInitControl:
+    """What a control at one sparsity may use: the configuration, the criterion's mask and scores
+    (computed once, on first use), and the study's pruning of any scores to this sparsity."""
+
+    cfg: TrainConfig
+    sparsity: float
+    pruned: Callable[[], Mask]
+    scores: Callable[[], dict]
+    prune: Callable[[dict], Mask]
+
+
+def layer_shuffle(c: AtInitControl) -> ControlRun:
+    """The criterion's per-layer densities, its kept positions shuffled within each layer
+    (Frankle et al., ICLR 2021)."""
+    seed = shuffle_seed(c.cfg, c.sparsity)
+    return ControlRun(mask=lambda: random_mask_like(c.pruned(), seed), record={"mask_seed": seed})
+
+
+def reinit(c: AtInitControl) -> ControlRun:
+    """The criterion's mask on a fresh initialisation (Frankle et al., ICLR 2021)."""
+    seed = c.cfg.init_seed + REINIT_OFFSET
+    return ControlRun(init_seed=seed, record={"reinit_seed": seed})
+
+
+def invert(c: AtInitControl) -> ControlRun:
+    """The mask of the lowest scores instead of the highest (Frankle et al., ICLR 2021)."""
+    return ControlRun(mask=lambda: c.prune({n: -v for n, v in c.scores().items()}))
+
+
 def _sparsity_runs(
     out: Path, cfg: TrainConfig, data: Splits, settings: AtInitConfig, sparsity: float
 ) -> list[tuple[str, RunSpec]]:
     """The criterion's sparse network and its controls at one sparsity, as runs to train."""
     sdir = layout.sparsity_dir(out, sparsity)
-    path = {name: layout.control_dir(sdir, name) / layout.MASK for name in AT_INIT_CONTROLS}
-    path[PRUNED] = sdir / layout.MASK
     cache: dict[str, Any] = {}
 
     def scores() -> dict:
@@ -195,39 +223,21 @@ def _sparsity_runs(
             cache["scores"] = criterion_scores(cfg, data, settings, sparsity)
         return cache["scores"]
 
-    def mask_of(name: str) -> Mask:
-        if not path[name].exists():
-            if name == "invert":
-                mask = _prune(settings, {n: -v for n, v in scores().items()}, sparsity)
-            elif name == "layer-shuffle":
-                mask = random_mask_like(mask_of(PRUNED), shuffle_seed(cfg, sparsity))
-            else:
-                mask = _prune(settings, scores(), sparsity)
-            mask.save(path[name])
-        return Mask.load(path[name])
+    def pruned() -> Mask:
+        return stored_mask(sdir / layout.MASK, lambda: _prune(settings, scores(), sparsity))
 
     label = f"{settings.criterion} {100 * sparsity:g}% s{cfg.init_seed}"
     record = {"label": label, "sparsity": sparsity, "criterion": settings.criterion}
     runs = [(PRUNED, RunSpec(cfg, layout.control_dir(sdir, PRUNED), make_model(cfg, data),
-                             mask_of(PRUNED), None, record))]  # fmt: skip
+                             pruned(), None, record))]  # fmt: skip
+    given = AtInitControl(cfg, sparsity, pruned, scores, lambda s: _prune(settings, s, sparsity))
     for name in settings.controls:
-        if name == "reinit":
-            seed = cfg.init_seed + REINIT_OFFSET
-            model, mask, extra = (
-                make_model(cfg, data, seed=seed),
-                mask_of(PRUNED),
-                {"reinit_seed": seed},
-            )
-        else:
-            model, mask = make_model(cfg, data), mask_of(name)
-            extra = {"mask_seed": shuffle_seed(cfg, sparsity)} if name == "layer-shuffle" else {}
-        rec = {**record, "label": f"{label} {name}", "control": name, **extra}
-        runs.append(
-            (
-                name,
-                RunSpec(cfg, layout.control_dir(sdir, name), model, mask, None, rec),
-            )
-        )
+        run = AT_INIT_CONTROLS[name](given)
+        folder = layout.control_dir(sdir, name)
+        mask = stored_mask(folder / layout.MASK, run.mask) if run.mask is not None else pruned()
+        model = make_model(cfg, data, seed=run.init_seed)
+        rec = {**record, "label": f"{label} {name}", "control": name, **run.record}
+        runs.append((name, RunSpec(cfg, folder, model, mask, None, rec)))
     return runs
 
 

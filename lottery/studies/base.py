@@ -1,4 +1,5 @@
-"""The contract of a study folder: one record of what the study is, refusing any other study.
+"""The contract of a study folder: one record of what the study is, refusing any other study;
+and the controls a study trains beside its networks.
 
 A study (an IMP search, a pruning-at-init study, a sweep) records in one JSON file its training
 configuration, its own settings, a fingerprint of everything that changes its results, and the
@@ -21,6 +22,7 @@ from typing import Any
 from lottery.core import distributed
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.core.storage import provenance, read_json, write_json
+from lottery.pruning.masks import Mask
 from lottery.training.runfolder import describe_diff
 
 
@@ -101,3 +103,25 @@ class StudyRecord:
 def as_json(value: Any) -> Any:
     """`value` as a JSON file holds it (tuples as lists), so recorded and given settings compare."""
     return json.loads(json.dumps(value))
+
+
+@dataclass(frozen=True)
+class ControlRun:
+    """What a control changes about the network it stands beside: a mask of its own (made once
+    by `mask`, then kept in the control's folder so a resumed study reuses it), a fresh
+    initialisation from `init_seed`, or both; `record` goes into its records (its seeds).
+    A control is a function of its study's control input (`lottery.studies.imp.ImpControl`,
+    `lottery.studies.at_init.AtInitControl`) registered in that study's controls."""
+
+    mask: Callable[[], Mask] | None = None
+    init_seed: int | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def stored_mask(path: Path, make: Callable[[], Mask]) -> Mask:
+    """The mask in `path`, made and stored by rank 0 the first time; every rank, and any resumed
+    study, reads the file."""
+    if distributed.is_main() and not path.exists():
+        make().save(path)
+    distributed.barrier(f"waiting for rank 0 to write {path}")
+    return Mask.load(path)

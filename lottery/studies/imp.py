@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from lottery.pruning.masks import (
 )
 from lottery.pruning.names import criterion_name, criterion_needs
 from lottery.pruning.pruner import run_length
-from lottery.studies.base import StudyRecord
+from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import CONTROL_PRIMES, IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState, TrainResult, check_fits_training
@@ -101,7 +101,9 @@ class IMPConfig:
             raise ConfigError(f"unknown reset {self.reset!r}; choose from {RESETS}")
         bad = set(self.controls) - set(IMP_CONTROLS)
         if bad:
-            raise ConfigError(f"unknown control {sorted(bad)[0]!r}; choose from {IMP_CONTROLS}")
+            raise ConfigError(
+                f"unknown control {sorted(bad)[0]!r}; choose from {tuple(IMP_CONTROLS)}"
+            )
         if self.fraction is not None:
             check_rate(self.fraction, "prune fraction per round")
         self.criterion = criterion_name(self.criterion)
@@ -381,6 +383,27 @@ def _reset(
     return start, cfg.replace(lr=imp.finetune_lr or cfg.lr * 0.01, lr_schedule="constant")
 
 
+@dataclass(frozen=True)
+class ImpControl:
+    """What a control of round r may use: the search's configuration and the round's ticket mask."""
+
+    round: int
+    cfg: TrainConfig
+    mask: Mask
+
+
+def random_reinit(c: ImpControl) -> ControlRun:
+    """The ticket's mask on a fresh initialisation (Frankle & Carbin, ICLR 2019)."""
+    seed = reinit_seed(c.cfg.init_seed, c.round)
+    return ControlRun(init_seed=seed, record={"reinit_seed": seed})
+
+
+def random_prune(c: ImpControl) -> ControlRun:
+    """A random mask with the ticket's per-layer densities, from the ticket's start."""
+    seed = random_prune_seed(c.cfg.init_seed, c.round)
+    return ControlRun(mask=lambda: random_mask_like(c.mask, seed), record={"mask_seed": seed})
+
+
 def _control(
     name: str,
     r: int,
@@ -390,18 +413,16 @@ def _control(
     mask: Mask,
     start: StartState,
 ) -> tuple[str, RunSpec, dict]:
-    """One control beside round r: the same mask with a fresh init, or a random same-density mask."""
-    cdir = rdir / name.replace("-", "_")
-    if name == "random-reinit":
-        seed = reinit_seed(cfg.init_seed, r)
-        fresh = make_model(cfg, data, seed=seed).state_dict()
-        cmask, cstart, extra = mask, StartState(fresh, None, start.step), {"reinit_seed": seed}
-    else:
-        seed = random_prune_seed(cfg.init_seed, r)
-        cmask = _load_or_make_mask(cdir / layout.MASK, lambda: random_mask_like(mask, seed))
-        cstart, extra = start, {"mask_seed": seed}
-    record = {"label": f"round {r} {name}", "round": r, "control": name, **extra}
-    return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), extra
+    """One control beside round r, as its registered function (IMP_CONTROLS) describes it."""
+    cdir = layout.control_dir(rdir, name)
+    run = IMP_CONTROLS[name](ImpControl(r, cfg, mask))
+    cmask = stored_mask(cdir / layout.MASK, run.mask) if run.mask is not None else mask
+    cstart = start
+    if run.init_seed is not None:
+        fresh = make_model(cfg, data, seed=run.init_seed).state_dict()
+        cstart = StartState(fresh, None, start.step)
+    record = {"label": f"round {r} {name}", "round": r, "control": name, **run.record}
+    return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), run.record
 
 
 def _next_mask(
@@ -424,7 +445,7 @@ def _next_mask(
             rate_scale=imp.rate_scale,
         )
 
-    return _load_or_make_mask(rdir / layout.MASK, make)
+    return stored_mask(rdir / layout.MASK, make)
 
 
 def _criterion_context(
@@ -456,14 +477,6 @@ def _criterion_context(
         input_shape=data.input_shape,
         scope=imp.scope,
     )
-
-
-def _load_or_make_mask(path: Path, make: Callable[[], Mask]) -> Mask:
-    """Rank 0 makes and stores the mask once; every rank, and any resumed search, reads the file."""
-    if distributed.is_main() and not path.exists():
-        make().save(path)
-    distributed.barrier(f"waiting for rank 0 to write {path}")
-    return Mask.load(path)
 
 
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:

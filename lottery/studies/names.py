@@ -12,12 +12,27 @@ from lottery.registry import Registry
 
 # IMP (Frankle & Carbin, ICLR 2019; Frankle et al., ICML 2020): where survivors go back to.
 RESETS = ("init", "rewind", "lr-rewind", "finetune")
-IMP_CONTROLS = ("random-reinit", "random-prune")
+# name -> control(ImpControl) -> ControlRun, trained beside each round's ticket
+IMP_CONTROLS: Registry = Registry(
+    "IMP control",
+    {
+        "random-reinit": "lottery.studies.imp:random_reinit",
+        "random-prune": "lottery.studies.imp:random_prune",
+    },
+)
 # What pruning a trained network can offer a criterion (IMP rounds, one-shot curves).
 TICKET_CONTEXT = frozenset({"start", "model", "batches", "input_shape", "sparsity"})
 
 # Pruning at initialisation and the sanity checks of Frankle et al. (ICLR 2021).
-AT_INIT_CONTROLS = ("layer-shuffle", "reinit", "invert")
+# name -> control(AtInitControl) -> ControlRun, trained beside each pruned-at-init network
+AT_INIT_CONTROLS: Registry = Registry(
+    "at-init control",
+    {
+        "layer-shuffle": "lottery.studies.at_init:layer_shuffle",
+        "reinit": "lottery.studies.at_init:reinit",
+        "invert": "lottery.studies.at_init:invert",
+    },
+)
 AT_INIT_CONTEXT = frozenset({"model", "batches", "input_shape", "sparsity"})
 
 # Two primes from which the controls' seeds derive (IMP's random re-init and random prune,

@@ -1,6 +1,7 @@
 """Extending lottery from outside the package: an installed plugin (a `lottery.plugins` entry
-point) registers a criterion, a schedule with its own parameter, a dataset and a model with its
-recipe, and the command line uses all four by name; a function not registered is named by path."""
+point) registers a criterion, a schedule with its own parameter, a dataset, a model with its
+recipe, an IMP control, a study (a command of its own) and an analysis (a report section), and the
+command line uses each by name; a function not registered is named by its path."""
 
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ from lottery import Mask
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = '''
+import json
 import math
+from pathlib import Path
 from typing import Annotated
 
 import torch
 from torch import nn
 
-from lottery import Recipe, register_criterion, register_dataset, register_model, register_schedule
+from lottery import (IMP_CONTROLS, Context, ControlRun, Mask, Recipe, StudyRecord, TrainConfig,
+                     hold, load_data, make_model, prune, register_command, register_criterion,
+                     register_dataset, register_model, register_report_section, register_schedule,
+                     score)
 from lottery.datasets.spec import DatasetSpec
 
 
@@ -51,8 +57,59 @@ def tiny(input_shape, num_classes, width):
                          nn.Linear(hidden, num_classes))
 
 
+def random_prune_global(c):
+    """A random mask with the ticket's total count, spread over layers by one global threshold."""
+    seed = 1000 + c.round
+
+    def make():
+        ones = Mask({n: torch.ones_like(t) for n, t in c.mask.tensors.items()})
+        noise = score("random", Context({n: t.float() for n, t in c.mask.tensors.items()}), seed)
+        return prune(ones, noise, sparsity=c.mask.sparsity(), scope="global")
+
+    return ControlRun(mask=make, record={"mask_seed": seed})
+
+
+NORMS = StudyRecord(file="norms_study.json", what="an init-norms study", key="norms")
+
+
+def add_norms_parser(sub):
+    p = sub.add_parser("init-norms", help="weight norms at initialisation, per seed")
+    p.add_argument("--model", default="lenet_32")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=norms_study)
+
+
+def norms_study(args):
+    cfg = TrainConfig(model=args.model, dataset="blobs", device="cpu", steps=1)
+    data = load_data(cfg)
+    settings = {"seeds": [int(s) for s in args.seeds.split(",")]}
+    NORMS.check(args.out, cfg, settings, data.digest)
+    with hold(args.out):
+        NORMS.write(args.out, cfg, settings, data.digest)
+        norms = {str(s): {n: float(p.norm()) for n, p in make_model(cfg, data, seed=s)
+                          .named_parameters() if n.endswith("weight")}
+                 for s in settings["seeds"]}
+        (args.out / "norms.json").write_text(json.dumps(norms))
+    return 0
+
+
+def norms_section(folder):
+    norms = json.loads((folder / "norms.json").read_text())
+    layers = sorted(next(iter(norms.values())))
+    rows = [f"| {s} | " + " | ".join(f"{v[n]:.4f}" for n in layers) + " |"
+            for s, v in norms.items()]
+    text = "\\n".join(["## Weight norms at initialisation", "",
+                       "| seed | " + " | ".join(layers) + " |", "|---" * (len(layers) + 1) + "|",
+                       *rows])
+    return {}, text, {"norms.csv": "\\n".join(rows).encode()}
+
+
 register_criterion("smallest", smallest)
 register_schedule("halfway", halfway)
+IMP_CONTROLS.register("random-prune-global", random_prune_global)
+register_command("init-norms", add_norms_parser, "weight norms at initialisation, per seed")
+register_report_section("init-norms", lambda p: (p / "norms.json").exists(), norms_section)
 register_dataset("blobs", DatasetSpec("Blobs", 4, (0.0,), (1.0,), False, generate=blobs,
                                       val_divisor=8))
 register_model("tiny", tiny, Recipe("kaiming_normal", {"optimizer": "adam", "lr": 3e-3,
@@ -130,3 +187,43 @@ def test_a_broken_plugin_is_one_line(site, tmp_path):
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "plugin bad (bad_plugin) failed to load: RuntimeError: no GPU driver" in done.stderr
     assert done.stdout == ""
+
+
+def test_a_plugin_control_trains_beside_every_ticket(site, tmp_path):
+    out = tmp_path / "search"
+    done = lottery(site, "imp", "--model", "tiny", "--dataset", "blobs", "--steps", "30",
+                   "--rounds", "1", "--controls", "random-prune-global", "--device", "cpu",
+                   "--no-progress", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ticket = Mask.load(out / "round_01" / "mask.npz")
+    control = Mask.load(out / "round_01" / "random_prune_global" / "mask.npz")
+    assert control.kept() == ticket.kept() == 1024 + 128  # the same count, spread over both layers
+    assert control.layer_counts()["3.weight"][0] < 128 and not control.equal(ticket)
+    row = json.loads((out / "summary.json").read_text())["rounds"][1]
+    assert row["controls"]["random-prune-global"]["mask_seed"] == 1001
+    assert 0 < row["controls"]["random-prune-global"]["test_accuracy"] <= 1
+
+
+def test_a_plugin_study_records_itself_and_its_report_section_is_written(site, tmp_path):
+    from lottery.models.registry import build_model
+
+    out = tmp_path / "norms"
+    done = lottery(site, "init-norms", "--seeds", "0,1", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    norms = json.loads((out / "norms.json").read_text())
+    for seed in (0, 1):
+        model = build_model("lenet_32", (1, 8, 8), 4, seed=seed)
+        expected = {
+            n: float(p.detach().norm()) for n, p in model.named_parameters() if "weight" in n
+        }
+        assert norms[str(seed)] == pytest.approx(expected, rel=1e-6)
+    refused = lottery(site, "init-norms", "--seeds", "0,1,2", "--out", str(out))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "holds an init-norms study with other settings (norms.seeds" in refused.stderr
+    report = lottery(site, "report", str(out))
+    assert report.returncode == 0, report.stderr
+    md = (out / "report" / "report.md").read_text()
+    assert (
+        "## Weight norms at initialisation" in md
+        and f"{norms['1']['classifier.2.weight']:.4f}" in md
+    )

@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--controls",
         type=lambda s: tuple(filter(None, s.split(","))),
-        default=AT_INIT_CONTROLS,
+        default=tuple(AT_INIT_CONTROLS),
         help=f"comma-separated, from {', '.join(AT_INIT_CONTROLS)} (default: all; 'none' for none)",
     )
     g.add_argument(

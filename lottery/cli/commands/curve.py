@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_floats, show_progress
+from lottery.cli.main import (
+    add_train_args,
+    command_help,
+    config_from_args,
+    parse_floats,
+    show_progress,
+)
 from lottery.core import layout
 from lottery.studies.names import CURVE_SPARSITIES, methods
 
@@ -13,7 +19,7 @@ from lottery.studies.names import CURVE_SPARSITIES, methods
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "curve",
-        help=COMMANDS["curve"],
+        help=command_help("curve"),
         description="Prune a trained model once to sparsities 0%, 5%, ..., 95% with each "
         "method, evaluate without retraining, and measure bytes of the dense state dict, its "
         "gzip and the sparse export. The model is --from RUN_DIR or a dense run trained here.",

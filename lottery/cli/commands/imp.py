@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 
 from lottery.cli.main import (
-    COMMANDS,
     add_batch_args,
     add_mask_args,
     add_train_args,
+    command_help,
     config_from_args,
     parse_ints,
     parse_scales,
@@ -70,7 +70,7 @@ def pruning_settings(args: argparse.Namespace) -> dict:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "imp",
-        help=COMMANDS["imp"],
+        help=command_help("imp"),
         description="Train, prune the smallest weights, reset the survivors, retrain; repeat. "
         "Rerunning the same command resumes; a larger --rounds extends a finished search.",
     )

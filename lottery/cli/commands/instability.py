@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
+from lottery.cli.main import (
+    add_train_args,
+    command_help,
+    config_from_args,
+    parse_ints,
+    show_progress,
+)
 from lottery.core import layout
 from lottery.core.config import ConfigError
 from lottery.studies.names import MIN_POINTS
@@ -14,7 +20,7 @@ from lottery.studies.names import MIN_POINTS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "instability",
-        help=COMMANDS["instability"],
+        help=command_help("instability"),
         description="From the state at each step k (of a dense run trained here, or of --dense), "
         "train pairs of copies with different data orders and evaluate test error on the "
         "straight line between each pair; the barrier is the max error on the path minus the "

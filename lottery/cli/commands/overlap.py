@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lottery.cli.main import COMMANDS, add_progress_flag
+from lottery.cli.main import add_progress_flag, command_help
 from lottery.core.config import ConfigError
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "overlap",
-        help=COMMANDS["overlap"],
+        help=command_help("overlap"),
         description="Compare masks pairwise, per layer and overall, with the expected Jaccard and "
         "a hypergeometric p-value of independent random masks of the same per-layer densities. "
         "Each path is a mask .npz, a sparse-weights .npz, an IMP round directory, or a run "

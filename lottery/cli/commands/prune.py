@@ -7,10 +7,10 @@ from pathlib import Path
 
 from lottery.cli.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.cli.main import (
-    COMMANDS,
     add_batch_args,
     add_mask_args,
     add_train_args,
+    command_help,
     config_from_args,
     parse_scales,
     show_progress,
@@ -25,7 +25,7 @@ from lottery.studies.names import LAYERS
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "prune",
-        help=COMMANDS["prune"],
+        help=command_help("prune"),
         description="Train one network while its mask is extended to the schedule's target "
         "sparsity at regular steps. Rerunning the same command resumes.",
     )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lottery.cli.main import COMMANDS, add_progress_flag
+from lottery.cli.main import add_progress_flag, command_help
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help=COMMANDS["report"],
+        help=command_help("report"),
         description="Figures and tables for an IMP search (accuracy vs density, training "
         "curves, schedules, per-layer density, overlap heatmap), a training run, the output of "
         "rewind-sweep, instability or curve, or a group of runs differing by seed (imp --seeds "

@@ -6,7 +6,13 @@ import argparse
 from typing import TYPE_CHECKING
 
 from lottery.cli.commands.imp import add_pruning_args, pruning_settings
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, parse_ints, show_progress
+from lottery.cli.main import (
+    add_train_args,
+    command_help,
+    config_from_args,
+    parse_ints,
+    show_progress,
+)
 from lottery.core import layout
 
 if TYPE_CHECKING:
@@ -16,7 +22,7 @@ if TYPE_CHECKING:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rewind-sweep",
-        help=COMMANDS["rewind-sweep"],
+        help=command_help("rewind-sweep"),
         description="Train one dense run with checkpoints at the rewind steps, then run IMP with "
         "rewinding to each of them (same init, data order and pruning). Writes "
         "rewind_sweep.json and a report (accuracy vs weights remaining per rewind point, "

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lottery.cli.main import COMMANDS, add_progress_flag
+from lottery.cli.main import add_progress_flag, command_help
 from lottery.core.config import ConfigError
 from lottery.pruning.schedules import (
     SCHEDULES,
@@ -74,7 +74,7 @@ def schedules_from_args(names: list[str], args: argparse.Namespace) -> list[Sche
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "schedule",
-        help=COMMANDS["schedule"],
+        help=command_help("schedule"),
         description="Print CSV `step,sparsity` for steps 0..N (several names: one column each); "
         f"built-in schedules: {', '.join(SCHEDULES)}; or module:function for your own "
         "f(p, s_i, s_f) of window progress p.",

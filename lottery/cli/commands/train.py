@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
-from lottery.cli.main import COMMANDS, add_train_args, config_from_args, show_progress
+from lottery.cli.main import add_train_args, command_help, config_from_args, show_progress
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help=COMMANDS["train"],
+        help=command_help("train"),
         description="Train one network. Rerunning the same command resumes from the last checkpoint.",
     )
     add_train_args(p, "checkpoints/train")
