@@ -47,9 +47,9 @@ from lottery.pruning.names import criterion_name
 from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS, CONTROL_PRIMES
 from lottery.training.engine import train_runs
-from lottery.training.run import RunSpec, TrainResult
+from lottery.training.run import Finish, RunSpec, TrainResult
 from lottery.training.runfolder import hold
-from lottery.training.setup import compact_run, load_data, make_model
+from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
 
 PRUNED = AT_INIT_PRUNED  # the run of the criterion's own mask
@@ -160,10 +160,7 @@ def _study(
         specs = [spec for search in runs for _, spec in search]
         results = iter(train_runs(specs, data, batched=settings.batched, progress=progress))
         for i, search in enumerate(runs):
-            metrics = {}
-            for name, spec in search:
-                metrics[name] = _metrics(next(results))
-                compact_run(spec.run_dir, spec.mask)
+            metrics = {name: _metrics(next(results)) for name, _ in search}
             pruned = next(spec.mask for name, spec in search if name == PRUNED)
             row = {
                 "sparsity": s,
@@ -229,7 +226,7 @@ def _sparsity_runs(
     label = f"{settings.criterion} {100 * sparsity:g}% s{cfg.init_seed}"
     record = {"label": label, "sparsity": sparsity, "criterion": settings.criterion}
     runs = [(PRUNED, RunSpec(cfg, layout.control_dir(sdir, PRUNED), make_model(cfg, data),
-                             pruned(), None, record))]  # fmt: skip
+                             pruned(), None, record, finish=Finish()))]  # fmt: skip
     given = AtInitControl(cfg, sparsity, pruned, scores, lambda s: _prune(settings, s, sparsity))
     for name in settings.controls:
         run = AT_INIT_CONTROLS[name](given)
@@ -237,7 +234,7 @@ def _sparsity_runs(
         mask = stored_mask(folder / layout.MASK, run.mask) if run.mask is not None else pruned()
         model = make_model(cfg, data, seed=run.init_seed)
         rec = {**record, "label": f"{label} {name}", "control": name, **run.record}
-        runs.append((name, RunSpec(cfg, folder, model, mask, None, rec)))
+        runs.append((name, RunSpec(cfg, folder, model, mask, None, rec, finish=Finish())))
     return runs
 
 

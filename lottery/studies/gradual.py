@@ -17,20 +17,19 @@ from typing import Any
 
 from torch import nn
 
-from lottery.core import distributed, layout
+from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.storage import load_checkpoint
 from lottery.datasets.loading import Splits
 from lottery.models.registry import conv_weight_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
-from lottery.pruning.masks import Mask, save_sparse
+from lottery.pruning.masks import Mask
 from lottery.pruning.names import criterion_name
 from lottery.pruning.pruner import GradualPruner, run_length
 from lottery.pruning.schedules import Schedule
 from lottery.studies.names import LAYERS
 from lottery.training.engine import Hooks, train_runs
-from lottery.training.run import RunSpec, TrainResult
+from lottery.training.run import Finish, RunSpec, TrainResult
 from lottery.training.runfolder import hold
 from lottery.training.setup import make_model
 
@@ -113,7 +112,10 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
     )
     # "layers" is recorded only when not "all", so runs recorded before it existed still resume
     cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": {**pruner.settings(), **layers}})
-    return RunSpec(cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner)
+    finish = Finish(keep_checkpoint=True, mask_file=True)  # the final mask and sparse weights
+    return RunSpec(
+        cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner, finish=finish
+    )
 
 
 def train_gradual(
@@ -137,22 +139,4 @@ def train_gradual(
     ):
         getLogger(__name__).warning("warning: %s", text)
     with hold(lock) if lock is not None else contextlib.nullcontext():
-        results = train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)
-        if distributed.is_main():
-            for spec in specs:
-                if spec.pruner is not None:
-                    final_mask(spec.run_dir)
-        distributed.barrier("waiting for rank 0 to write the final masks")
-    return results
-
-
-def final_mask(run_dir: Path) -> Mask:
-    """A finished gradual run's final mask, written with its sparse weights on first call."""
-    path = run_dir / layout.MASK
-    if path.exists() and (run_dir / layout.WEIGHTS).exists():
-        return Mask.load(path)
-    final = load_checkpoint(layout.checkpoint_dir(run_dir) / layout.FINAL)
-    mask = Mask(final["mask"])
-    mask.save(path)
-    save_sparse(final["model"], mask, run_dir / layout.WEIGHTS)
-    return mask
+        return train_runs(specs, data, batched=batched, progress=progress, hooks=hooks)

@@ -41,9 +41,9 @@ from lottery.pruning.pruner import run_length
 from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import CONTROL_PRIMES, IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
-from lottery.training.run import RunSpec, StartState, TrainResult, check_fits_training
+from lottery.training.run import Finish, RunSpec, StartState, TrainResult, check_fits_training
 from lottery.training.runfolder import hold
-from lottery.training.setup import compact_run, load_data, make_model
+from lottery.training.setup import load_data, make_model
 
 # Seeds derived for each round from the search's init seed. SEED_STRIDE keeps searches with
 # different init seeds apart for up to 1000 rounds; the primes keep the two controls' seeds from
@@ -319,11 +319,8 @@ def _rounds(
     rows = []
     for i, (search, mask, imp) in enumerate(zip(runs, masks, imps, strict=True)):
         controls: dict[str, dict] = {}
-        for name, spec, extra in search:
+        for name, _, extra in search:
             result = next(results)
-            weights = name is None or imp.save_control_weights
-            kept = spec.mask if spec.mask is not None else mask
-            compact_run(spec.run_dir, kept, weights=weights, keep=imp.keep_checkpoints)
             if name is None:
                 ticket = result
             else:
@@ -358,9 +355,12 @@ def _round_runs(
     ticket = RunSpec(
         cfg, rdir / layout.TICKET, make_model(cfg, data), mask if r else None, start,
         record={"label": f"round {r}", "round": r},
+        finish=Finish(keep_checkpoint=imp.keep_checkpoints),
     )  # fmt: skip
     due = r > 0 and (not imp.control_rounds or r in imp.control_rounds)
-    controls = [_control(c, r, rdir, cfg, data, mask, start) for c in (imp.controls if due else ())]
+    finish = Finish(weights=imp.save_control_weights, keep_checkpoint=imp.keep_checkpoints)
+    names = imp.controls if due else ()
+    controls = [_control(c, r, rdir, cfg, data, mask, start, finish) for c in names]
     return [(None, ticket, {}), *controls]
 
 
@@ -412,6 +412,7 @@ def _control(
     data: Splits,
     mask: Mask,
     start: StartState,
+    finish: Finish,
 ) -> tuple[str, RunSpec, dict]:
     """One control beside round r, as its registered function (IMP_CONTROLS) describes it."""
     cdir = layout.control_dir(rdir, name)
@@ -422,7 +423,8 @@ def _control(
         fresh = make_model(cfg, data, seed=run.init_seed).state_dict()
         cstart = StartState(fresh, None, start.step)
     record = {"label": f"round {r} {name}", "round": r, "control": name, **run.record}
-    return name, RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record), run.record
+    spec = RunSpec(cfg, cdir, make_model(cfg, data), cmask, cstart, record, finish=finish)
+    return name, spec, run.record
 
 
 def _next_mask(

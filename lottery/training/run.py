@@ -24,7 +24,7 @@ from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import check_fast_path, check_threads, default_threads, place
 from lottery.datasets.loading import Splits
-from lottery.pruning.masks import Mask
+from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest
 from lottery.training.tracking import TensorBoardTracker, evaluation_scalars
@@ -44,10 +44,22 @@ class StartState:
         return cls(ck["model"], ck["optimizer"] if with_optimizer else None, ck["step"])
 
 
+@dataclass(frozen=True)
+class Finish:
+    """How a finished run keeps its weights beside result.json: as sparse `weights.npz` with its
+    mask (`weights`), the mask also as `mask.npz` (`mask_file`), and final.pt dropped unless
+    `keep_checkpoint`. Applied once, from final.pt, by the run itself."""
+
+    weights: bool = True
+    keep_checkpoint: bool = False
+    mask_file: bool = False
+
+
 @dataclass
 class RunSpec:
     """One run to train: its settings, folder, model (any module of the configured architecture),
-    optional fixed mask or gradual pruner, start state, and extra fields for config.json."""
+    optional fixed mask or gradual pruner, start state, extra fields for config.json, and how it
+    keeps its weights when finished (None: final.pt)."""
 
     cfg: TrainConfig
     run_dir: Path
@@ -56,6 +68,7 @@ class RunSpec:
     start: StartState | None = None
     record: dict[str, Any] = field(default_factory=dict)
     pruner: Pruner | None = None
+    finish: Finish | None = None
 
 
 @dataclass
@@ -210,9 +223,33 @@ class Run:
         return distributed.from_main((self.dir / layout.RESULT).exists())
 
     def stored_result(self) -> TrainResult:
-        """A finished run's result (a folder made with other settings is refused)."""
+        """A finished run's result (a folder made with other settings is refused); a run killed
+        between its result and its finish (or finished by an older release) is finished now."""
         self.write_config()
+        if distributed.is_main():
+            self.finish_files()
+        distributed.barrier(f"waiting for rank 0 to finish {self.dir}")
         return TrainResult.from_dict(storage.read_json(self.dir / layout.RESULT))
+
+    def finish_files(self) -> None:
+        """Apply the spec's Finish to final.pt (nothing without one, or once done)."""
+        finish, final = self.spec.finish, layout.checkpoint_dir(self.dir) / layout.FINAL
+        if finish is None or not final.exists():
+            return
+        done = (not finish.weights or (self.dir / layout.WEIGHTS).exists()) and (
+            not finish.mask_file or (self.dir / layout.MASK).exists()
+        )
+        if done and finish.keep_checkpoint:
+            return
+        state = storage.load_checkpoint(final)
+        mask = Mask(state["mask"]) if state.get("mask") is not None else Mask.ones(self.model)
+        mask = mask.cpu()
+        if finish.mask_file:
+            mask.save(self.dir / layout.MASK)
+        if finish.weights:
+            save_sparse(state["model"], mask, self.dir / layout.WEIGHTS)
+        if not finish.keep_checkpoint:
+            final.unlink()
 
     def write_config(self) -> None:
         """config.json, once; a folder holding another run is refused, naming what differs."""
@@ -355,7 +392,8 @@ class Run:
             storage.save_checkpoint(state, self.last)
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
-        """Write final.pt and result.json, and drop the resume checkpoint."""
+        """Write final.pt (kept as the spec's Finish says) and result.json, and drop the resume
+        checkpoint."""
         loss, acc = self.last_test  # the engine always evaluates at the final step
         b = self.best
         result = TrainResult(
@@ -370,6 +408,7 @@ class Run:
         )
         if distributed.is_main():
             storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
+            self.finish_files()
             storage.write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
             self.previous.unlink(missing_ok=True)

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lottery.core import distributed, layout
+from lottery.core import layout
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import resolve_device
 from lottery.core.storage import load_checkpoint, read_json
 from lottery.datasets.loading import Splits, load_dataset
 from lottery.models.registry import build_model
-from lottery.pruning.masks import Mask, load_sparse, save_sparse
+from lottery.pruning.masks import Mask, load_sparse
 from lottery.training.runfolder import recorded_config
 
 
@@ -91,15 +91,3 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     if mask is not None:
         mask.apply_(model)
     return LoadedRun(cfg, model.to(device).eval(), mask.to(device) if mask else None, record)
-
-
-def compact_run(run_dir: Path, mask: Mask, weights: bool = True, keep: bool = False) -> None:
-    """Turn a finished run's final checkpoint into its compact record: sparse weights (unless
-    `weights` is False), dropping the checkpoint unless `keep`. Rank 0 writes; the others wait."""
-    final = layout.checkpoint_dir(run_dir) / layout.FINAL
-    if distributed.is_main() and final.exists():
-        if weights:
-            save_sparse(load_checkpoint(final)["model"], mask.cpu(), run_dir / layout.WEIGHTS)
-        if not keep:
-            final.unlink()
-    distributed.barrier(f"waiting for rank 0 to finish {run_dir}")
