@@ -58,7 +58,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "random_mask_like": ("lottery.pruning.masks", "random_mask_like"),
     "save_sparse": ("lottery.pruning.masks", "save_sparse"),
     "GradualPruner": ("lottery.pruning.pruner", "GradualPruner"),
-    "run_length": ("lottery.pruning.pruner", "run_length"),
+    "run_length": ("lottery.training.run", "run_length"),
     "Schedule": ("lottery.pruning.schedules", "Schedule"),
     # training
     "train_runs": ("lottery.training.engine", "train_runs"),

@@ -18,10 +18,8 @@ import torch
 from torch import nn
 
 from lottery.core import distributed
-from lottery.core.batches import BatchStream
-from lottery.core.config import ConfigError, TrainConfig
+from lottery.core.config import ConfigError
 from lottery.core.storage import write_jsonl
-from lottery.datasets.loading import Splits
 from lottery.pruning.criteria import Batches, Context, check, score
 from lottery.pruning.masks import Mask, MaskError, check_granularity, prune
 from lottery.pruning.names import SCOPES, criterion_name, criterion_needs
@@ -44,14 +42,6 @@ class Pruner(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def run_length(cfg: TrainConfig, data: Splits) -> tuple[int, int]:
-    """(total steps, steps per epoch) of the run `cfg` describes on `data`, as the Trainer counts."""
-    per_epoch = BatchStream(
-        data.train_x, data.train_y, cfg.batch_size, cfg.data_seed
-    ).steps_per_epoch
-    return cfg.total_steps(per_epoch), per_epoch
 
 
 MIN_UPDATES = 5  # fewer mask changes than this turn a smooth schedule into a few one-shot steps

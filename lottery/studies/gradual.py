@@ -25,11 +25,11 @@ from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
 from lottery.pruning.masks import Mask
 from lottery.pruning.names import criterion_name
-from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.pruner import GradualPruner
 from lottery.pruning.schedules import Schedule
 from lottery.studies.names import LAYERS
 from lottery.training.engine import Hooks, train_runs
-from lottery.training.run import Finish, RunSpec, TrainResult
+from lottery.training.run import Finish, RunSpec, TrainResult, run_length
 from lottery.training.runfolder import hold
 from lottery.training.setup import make_model
 

@@ -37,11 +37,17 @@ from lottery.pruning.masks import (
     random_mask_like,
 )
 from lottery.pruning.names import criterion_name, criterion_needs
-from lottery.pruning.pruner import run_length
 from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import CONTROL_PRIMES, IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs
-from lottery.training.run import Finish, RunSpec, StartState, TrainResult, check_fits_training
+from lottery.training.run import (
+    Finish,
+    RunSpec,
+    StartState,
+    TrainResult,
+    check_fits_training,
+    run_length,
+)
 from lottery.training.runfolder import hold
 from lottery.training.setup import load_data, make_model
 

@@ -31,10 +31,9 @@ from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask, MaskError
-from lottery.pruning.pruner import run_length
 from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
-from lottery.training.run import StartState, check_fits_training
+from lottery.training.run import StartState, check_fits_training, run_length
 from lottery.training.runfolder import hold
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate

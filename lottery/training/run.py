@@ -117,6 +117,14 @@ class Tally:
     seconds: float = 0.0
 
 
+def run_length(cfg: TrainConfig, data: Splits) -> tuple[int, int]:
+    """(total steps, steps per epoch) of the run `cfg` describes on `data`, as the Trainer counts."""
+    per_epoch = BatchStream(
+        data.train_x, data.train_y, cfg.batch_size, cfg.data_seed
+    ).steps_per_epoch
+    return cfg.total_steps(per_epoch), per_epoch
+
+
 def check_fits_training(cfg: TrainConfig, total: int) -> None:
     """Settings that must fall within a run of `total` steps, or within the machine: checkpoint
     steps, LR milestones (in steps) and warm-up, which would never happen; the thread count, at

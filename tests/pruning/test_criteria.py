@@ -22,8 +22,9 @@ from lottery.pruning.criteria import (
     training_batches,
 )
 from lottery.pruning.masks import Mask, MaskError, prune
-from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.pruner import GradualPruner
 from lottery.pruning.schedules import Schedule
+from lottery.training.run import run_length
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 

@@ -13,9 +13,10 @@ from lottery.cli.main import main
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint
 from lottery.pruning.masks import Mask, load_sparse
-from lottery.pruning.pruner import GradualPruner, run_length
+from lottery.pruning.pruner import GradualPruner
 from lottery.pruning.schedules import Schedule
 from lottery.studies.gradual import PruningSettings
+from lottery.training.run import run_length
 from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny

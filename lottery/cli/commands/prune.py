@@ -78,8 +78,8 @@ def parse_every(text: str, steps_per_epoch: int) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from lottery.pruning.masks import Mask
-    from lottery.pruning.pruner import run_length
     from lottery.studies.gradual import GradualRun, PruningSettings, train_gradual
+    from lottery.training.run import run_length
     from lottery.training.runfolder import check_writable
     from lottery.training.setup import load_data
 
