@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lottery.datasets import idx
-from lottery.datasets.download import fetch_all, remote_files
-from lottery.datasets.spec import DatasetSpec, Files
+from lottery.datasets.download import remote_files
+from lottery.datasets.spec import DatasetSpec
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -26,14 +26,9 @@ FASHION_MNIST = DatasetSpec(
     mean=(0.2860,),
     std=(0.3530,),
     augment=False,
-    files=Files(
-        subdirs=("fashion_mnist", "fashion-mnist"),
-        expected=idx.EXPECTED,
-        present=idx.has_idx_files,
-        read=idx.read_idx_folder,
-        sources=idx.idx_files,
-        remotes=REMOTES,
-        download=fetch_all,
+    files=idx.idx_dataset_files(
+        ("fashion_mnist", "fashion-mnist"),
+        REMOTES,
         system_dirs=(DEBIAN_FASHION_MNIST,),
         install_hint="install them with `sudo apt-get install dataset-fashion-mnist`",
     ),

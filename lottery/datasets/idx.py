@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lottery.datasets.spec import Raw
+from lottery.datasets.download import RemoteFile, fetch_all
+from lottery.datasets.spec import Files, Raw
 
 # (prefix, kind, ndim) of the four IDX files, in the order train images, train labels, test ...
 PARTS = (
@@ -89,4 +90,21 @@ def read_idx_folder(directory: Path) -> Raw:
         torch.from_numpy(train_y).long(),
         torch.from_numpy(test_x).unsqueeze(1),
         torch.from_numpy(test_y).long(),
+    )
+
+
+def idx_dataset_files(
+    subdirs: tuple[str, ...], remotes: tuple[RemoteFile, ...], **where: object
+) -> Files:
+    """The files of a dataset in the four IDX files of MNIST's layout (MNIST, Fashion-MNIST),
+    found in `subdirs` of the data root (and `where`: system folders, an install hint)."""
+    return Files(
+        subdirs=subdirs,
+        expected=EXPECTED,
+        present=has_idx_files,
+        read=read_idx_folder,
+        sources=idx_files,
+        remotes=remotes,
+        download=fetch_all,
+        **where,
     )

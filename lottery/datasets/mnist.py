@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lottery.datasets import idx
-from lottery.datasets.download import fetch_all, remote_files
-from lottery.datasets.spec import DatasetSpec, Files
+from lottery.datasets.download import remote_files
+from lottery.datasets.spec import DatasetSpec
 
 REMOTES = remote_files(
     ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
@@ -22,13 +22,5 @@ MNIST = DatasetSpec(
     mean=(0.1307,),
     std=(0.3081,),
     augment=False,
-    files=Files(
-        subdirs=("mnist", "MNIST/raw"),
-        expected=idx.EXPECTED,
-        present=idx.has_idx_files,
-        read=idx.read_idx_folder,
-        sources=idx.idx_files,
-        remotes=REMOTES,
-        download=fetch_all,
-    ),
+    files=idx.idx_dataset_files(("mnist", "MNIST/raw"), REMOTES),
 )

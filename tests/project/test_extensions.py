@@ -136,12 +136,16 @@ def lottery(site: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)  # fmt: skip
 
 
+def search(site: Path, out: Path, *flags: str) -> None:
+    """One round of `lottery imp` on the plugin's model and dataset."""
+    done = lottery(site, "imp", "--model", "tiny", "--dataset", "blobs", "--rounds", "1",
+                   "--device", "cpu", "--no-progress", "--out", str(out), *flags)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_plugin_model_dataset_and_criterion_run_an_imp_search(site, tmp_path):
     out = tmp_path / "search"
-    done = lottery(site, "imp", "--model", "tiny", "--dataset", "blobs", "--steps", "60",
-                   "--rounds", "1", "--criterion", "smallest", "--device", "cpu",
-                   "--no-progress", "--out", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    search(site, out, "--steps", "60", "--criterion", "smallest")
     config = json.loads((out / "round_01" / "ticket" / "config.json").read_text())["config"]
     assert (config["optimizer"], config["lr"], config["batch_size"]) == ("adam", 3e-3, 32)
     record = json.loads((out / "imp.json").read_text())["imp"]
@@ -191,10 +195,7 @@ def test_a_broken_plugin_is_one_line(site, tmp_path):
 
 def test_a_plugin_control_trains_beside_every_ticket(site, tmp_path):
     out = tmp_path / "search"
-    done = lottery(site, "imp", "--model", "tiny", "--dataset", "blobs", "--steps", "30",
-                   "--rounds", "1", "--controls", "random-prune-global", "--device", "cpu",
-                   "--no-progress", "--out", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stderr
+    search(site, out, "--steps", "30", "--controls", "random-prune-global")
     ticket = Mask.load(out / "round_01" / "mask.npz")
     control = Mask.load(out / "round_01" / "random_prune_global" / "mask.npz")
     assert control.kept() == ticket.kept() == 1024 + 128  # the same count, spread over both layers
