@@ -6,8 +6,9 @@ configuration, its own settings, a fingerprint of everything that changes its re
 digest of the data it trains on. Rerunning the command resumes the study; a folder that holds
 another study (other settings, or the same settings on other data) is refused before anything is
 written, naming what differs. Settings in `free` may change when resuming (more rounds, more
-sparsities, batching), and a setting added after folders were recorded stays out of the
-fingerprint at its default (`later`), so those folders still resume.
+sparsities, batching), settings in `grows` may gain items but never lose them (an instability
+sweep's pairs), and a setting added after folders were recorded stays out of the fingerprint at
+its default (`later`), so those folders still resume.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class StudyRecord:
     key: str  # the study's settings in the record: record[key]
     free: tuple[str, ...] = ()
     resumable: str = "nothing"  # "--rounds": what the refusal says may change
+    grows: tuple[str, ...] = ()
     later: Mapping[str, Any] = field(default_factory=dict)
     # whether a resumed study's settings replace the recorded ones (default: when they differ)
     rewrite: Callable[[dict, dict], bool] = lambda old, new: old != new
@@ -46,19 +48,43 @@ class StudyRecord:
         fixed = {
             k: v
             for k, v in settings.items()
-            if k not in self.free and not (k in later and v == later[k])
+            if k not in (*self.free, *self.grows) and not (k in later and v == later[k])
         }
         return hashlib.sha256(
             json.dumps([cfg.fingerprint(*NON_RESULT_FIELDS), fixed], sort_keys=True).encode()
         ).hexdigest()[:16]
 
-    def check(self, out: Path, cfg: TrainConfig, settings: dict[str, Any], digest: str) -> None:
+    def check(
+        self,
+        out: Path,
+        cfg: TrainConfig,
+        settings: dict[str, Any],
+        digest: str,
+        legacy: Callable[[dict], bool] | None = None,
+    ) -> None:
         """Refuse `out` if it records another study, or this one on other data (a record from
-        before data digests were kept passes)."""
+        before data digests were kept passes). A record in a study's older format (no
+        fingerprint) is judged by `legacy(record)`: whether it describes this same study."""
         path = Path(out) / self.file
         if not path.exists():
             return
         old = read_json(path)
+        if "fingerprint" not in old and legacy is not None:
+            if legacy(old):
+                return
+            raise ConfigError(
+                f"{out} holds {self.what} with other settings ({old}); only {self.resumable} may "
+                "change when resuming. Use a new --out directory."
+            )
+        settings = as_json(settings)
+        for k in self.grows:
+            dropped = [x for x in old.get(self.key, {}).get(k, []) if x not in settings[k]]
+            if dropped:
+                raise ConfigError(
+                    f"{out} holds {self.what} with other settings: its {k} {dropped} are not "
+                    f"given again ({k} may be added but not dropped); give them again or use a new "
+                    "--out directory"
+                )
         if old.get("data_digest") not in (None, digest):
             raise ConfigError(
                 f"{out} holds {self.what} started on other data (digest {old['data_digest']}, "
@@ -71,7 +97,7 @@ class StudyRecord:
         def comparable(train: dict, study: dict) -> dict:
             return {
                 "train": {k: v for k, v in train.items() if k not in NON_RESULT_FIELDS},
-                self.key: {k: v for k, v in study.items() if k not in self.free},
+                self.key: {k: v for k, v in study.items() if k not in (*self.free, *self.grows)},
             }
 
         before = comparable(old.get("train", {}), old.get(self.key, {}))
@@ -81,10 +107,17 @@ class StudyRecord:
             f"{self.resumable} may change when resuming. Use a new --out directory."
         )
 
-    def write(self, out: Path, cfg: TrainConfig, settings: dict[str, Any], digest: str) -> None:
-        """Check, then record the study (when new, or when `rewrite` says the settings grew);
-        under torchrun only rank 0 writes."""
-        self.check(out, cfg, settings, digest)
+    def write(
+        self,
+        out: Path,
+        cfg: TrainConfig,
+        settings: dict[str, Any],
+        digest: str,
+        legacy: Callable[[dict], bool] | None = None,
+    ) -> None:
+        """Check, then record the study (when new, when `rewrite` says the settings grew, or over
+        a record of an older format); under torchrun only rank 0 writes."""
+        self.check(out, cfg, settings, digest, legacy)
         path = Path(out) / self.file
         settings = as_json(settings)
         if path.exists() and not self.rewrite(read_json(path).get(self.key, {}), settings):

@@ -31,6 +31,7 @@ from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask, MaskError
+from lottery.studies.base import StudyRecord
 from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense
 from lottery.training.run import StartState, check_fits_training, run_length
@@ -42,6 +43,14 @@ from lottery.training.trainer import Trainer
 Pair = tuple[int, int]  # the data seeds of two copies trained from the same state
 # The one-pair record of a step folder written before sweeps took several pairs.
 LEGACY_CURVE = layout.CURVE
+# settings.json: pairs may be added to a sweep, never dropped.
+RECORD = StudyRecord(
+    file=layout.INSTABILITY_SETTINGS,
+    what="an instability sweep",
+    key="instability",
+    resumable="the pairs (more may be added)",
+    grows=("pairs",),
+)
 # BatchNorm statistics along the path are re-estimated on this many training examples.
 BN_EXAMPLES = 4096
 
@@ -267,16 +276,26 @@ def instability_sweep(
         except MaskError as e:
             raise ConfigError(f"the mask does not fit {cfg.model}: {e}") from None
     settings = {
-        "config": cfg.fingerprint(*NON_RESULT_FIELDS),
-        "mask": mask_digest(mask) if mask is not None else None,
+        "mask": mask.digest() if mask is not None else None,
         "pairs": [list(p) for p in pairs],
         "points": points,
     }
+    config = cfg.fingerprint(*NON_RESULT_FIELDS)
+
+    def legacy(old: dict) -> bool:  # settings.json before the study record; pairs once "seeds"
+        old_pairs = old.get("pairs", [old.get("seeds")])
+        return (old.get("config"), old.get("mask"), old.get("points")) == (
+            config,
+            legacy_mask_digest(mask) if mask is not None else None,
+            points,
+        ) and all(p in settings["pairs"] for p in old_pairs)
+
+    RECORD.check(out, cfg, settings, data.digest, legacy)
     with hold(out):  # one writer for the folder, from settings.json to instability.json
-        _claim(out, settings)
+        RECORD.write(out, cfg, settings, data.digest, legacy)
         if dense is None:
             train_dense(cfg, steps, dense_dir, data, progress)
-        elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != settings["config"]:
+        elif read_json(dense_dir / layout.CONFIG).get("fingerprint") != config:
             raise ConfigError(
                 f"{dense_dir} was trained with another configuration than the one given"
             )
@@ -295,6 +314,7 @@ def instability_sweep(
                 measured.append(row)
             rows.append(step_summary(k, measured))
         result = {
+            "config": config,
             **settings,
             "seeds": list(dict.fromkeys(s for p in pairs for s in p)),
             "dense": str(dense_dir),
@@ -314,28 +334,11 @@ def _legacy_row(step_dir: Path, pair: Pair) -> InstabilityRow | None:
     return row if row.seeds == list(pair) else None
 
 
-def mask_digest(mask: Mask) -> str:
-    """A short hash of a mask's names, shapes and bits (to refuse mixing results of two masks)."""
+def legacy_mask_digest(mask: Mask) -> str:
+    """The mask hash that settings.json recorded before the study record (Mask.digest since);
+    read only to resume those sweeps."""
     h = hashlib.sha256()
     for name, t in mask.tensors.items():
         h.update(f"{name}:{tuple(t.shape)}".encode())
         h.update(t.cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def _claim(out: Path, settings: dict) -> None:
-    """Record the sweep's settings in out/settings.json. A folder used with other settings is
-    refused; pairs may be added to the recorded ones (a one-pair sweep recorded them as "seeds")."""
-    path = out / layout.INSTABILITY_SETTINGS
-    if path.exists():
-        old = read_json(path)
-        if "pairs" not in old:
-            old["pairs"] = [old.pop("seeds")]
-        rest = {k: v for k, v in old.items() if k != "pairs"}
-        kept = all(p in settings["pairs"] for p in old["pairs"])
-        if rest != {k: v for k, v in settings.items() if k != "pairs"} or not kept:
-            raise ConfigError(
-                f"{out} holds an instability sweep with other settings ({old}); pairs may be "
-                "added but not dropped; use a new --out directory"
-            )
-    write_json(settings, path)

@@ -12,7 +12,7 @@ from scipy import stats
 from torch import nn
 
 from lottery.cli.main import main
-from lottery.core.config import ConfigError
+from lottery.core.config import NON_RESULT_FIELDS, ConfigError
 from lottery.pruning.masks import Mask
 from lottery.studies import instability as instability_module
 from lottery.studies.instability import (
@@ -190,12 +190,38 @@ def test_a_one_pair_sweep_recorded_before_pairs_reads_back_without_training(tmp_
     # the layout of a one-pair sweep before several pairs: step_k/curve.json, settings "seeds"
     step = tmp_path / "step_0000000"
     (step / "curve_1_2.json").rename(step / "curve.json")
-    settings = json.loads((tmp_path / "settings.json").read_text())
-    settings["seeds"] = settings.pop("pairs")[0]
-    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    legacy = {"config": cfg.fingerprint(*NON_RESULT_FIELDS), "mask": None, "seeds": [1, 2],
+              "points": 11}  # fmt: skip  # settings.json as sweeps recorded it then
+    (tmp_path / "settings.json").write_text(json.dumps(legacy))
     monkeypatch.setattr(engine.Engine, "loop", _refuse)
     monkeypatch.setattr(instability_module, "error_curve", _refuse)
     assert instability_sweep(cfg, [0], tmp_path, progress=False) == first
+
+
+def test_a_masked_sweep_recorded_before_the_study_record_resumes_and_refuses_another_mask(
+    tmp_path, monkeypatch
+):
+    """settings.json once held the mask under an older hash: such a folder still reads back
+    without training, is rewritten as a study record, and refuses another mask."""
+    cfg = tiny(steps=20, eval_every=20)
+    model = make_model(cfg, load_data(cfg))
+    gen = torch.Generator().manual_seed(0)
+    prunable = [(n, p) for n, p in model.named_parameters() if p.dim() > 1]
+    mask = Mask({n: torch.rand(p.shape, generator=gen) > 0.5 for n, p in prunable})
+    first = instability_sweep(cfg, [0], tmp_path, mask=mask, progress=False)
+    legacy = {"config": cfg.fingerprint(*NON_RESULT_FIELDS), "points": 11, "pairs": [[1, 2]],
+              "mask": instability_module.legacy_mask_digest(mask)}  # fmt: skip
+    assert legacy["mask"] != mask.digest()
+    (tmp_path / "settings.json").write_text(json.dumps(legacy))
+    monkeypatch.setattr(engine.Engine, "loop", _refuse)
+    monkeypatch.setattr(instability_module, "error_curve", _refuse)
+    assert instability_sweep(cfg, [0], tmp_path, mask=mask, progress=False) == first
+    record = json.loads((tmp_path / "settings.json").read_text())
+    assert record["instability"] == {"mask": mask.digest(), "pairs": [[1, 2]], "points": 11}
+    (tmp_path / "settings.json").write_text(json.dumps(legacy))
+    other = Mask({n: ~t for n, t in mask.tensors.items()})
+    with pytest.raises(ConfigError, match="holds an instability sweep with other settings"):
+        instability_sweep(cfg, [0], tmp_path, mask=other, progress=False)
 
 
 @pytest.mark.parametrize(
