@@ -228,7 +228,7 @@ def aggregate_folder(folder: str | Path, overlap: bool = True) -> Aggregate:
 def cross_seed_overlap(group: dict[str, Path]) -> tuple[list[str], list[dict]]:
     """Pairwise overlap (with its chance baseline) of each member's last mask."""
     from lottery.analysis.overlap import load_mask, pairwise
-    from lottery.pruning.masks import MaskError
+    from lottery.pruning.maskfile import MaskError
 
     masks = {}
     for label, path in group.items():

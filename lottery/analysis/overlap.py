@@ -23,7 +23,8 @@ import torch
 
 from lottery.core import layout
 from lottery.core.storage import load_checkpoint
-from lottery.pruning.masks import Mask, MaskError, load_sparse
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, load_sparse
 
 # Entries of a (tilted) pmf below this fraction of its largest entry are dropped before convolving.
 _TRUNCATE = 1e-30

@@ -111,7 +111,8 @@ def parse_scales(text: str) -> dict[str, float]:
 
 def parse_granularity(text: str) -> str:
     """`--granularity`: weight, filter, channel, or an N:M pattern such as 2:4."""
-    from lottery.pruning.masks import MaskError, check_granularity  # torch loads only when parsing
+    from lottery.pruning.maskfile import MaskError  # torch loads only when parsing
+    from lottery.pruning.selection import check_granularity
 
     try:
         return check_granularity(text)

@@ -60,7 +60,9 @@ def check_prune(
     """One dry prune of `model`'s magnitudes with these settings, so what the network cannot
     take (an N:M pattern that a layer's width does not divide, a rate for a missing tensor) is
     refused before a command writes anything, not at the first pruning after training."""
-    from lottery.pruning.masks import Mask, MaskError, prune
+    from lottery.pruning.maskfile import MaskError
+    from lottery.pruning.masks import Mask
+    from lottery.pruning.selection import prune
 
     mask = Mask.ones(model, names)
     params = dict(model.named_parameters())

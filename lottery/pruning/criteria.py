@@ -2,7 +2,7 @@
 
 A criterion maps a `Context` (current weights, θ0 and rewind weights, the model, the mask so far,
 the target sparsity, seeded training batches, scores accumulated in training) to one score tensor
-per masked weight. HIGHER = KEEP: the mask engine (`lottery.pruning.masks.prune`) removes the lowest.
+per masked weight. HIGHER = KEEP: the mask engine (`lottery.pruning.selection.prune`) removes the lowest.
 A new criterion is one function plus one line in `lottery.pruning.names.CRITERIA`.
 """
 
@@ -17,8 +17,10 @@ from torch import nn
 from torch.func import functional_call
 
 from lottery.core.batches import BatchStream
-from lottery.pruning.masks import Mask, MaskError, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
 from lottery.pruning.names import CRITERIA, NEEDS, criterion_name, criterion_needs
+from lottery.pruning.selection import prune
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 Scores = dict[str, torch.Tensor]

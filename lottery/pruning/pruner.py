@@ -21,9 +21,11 @@ from lottery.core import distributed
 from lottery.core.config import ConfigError
 from lottery.core.storage import write_jsonl
 from lottery.pruning.criteria import Batches, Context, check, score
-from lottery.pruning.masks import Mask, MaskError, check_granularity, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
 from lottery.pruning.names import SCOPES, criterion_name, criterion_needs
 from lottery.pruning.schedules import Schedule
+from lottery.pruning.selection import check_granularity, prune
 
 
 class Pruner(Protocol):

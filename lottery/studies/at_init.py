@@ -34,16 +34,10 @@ from lottery.core.storage import write_bytes_atomic, write_json
 from lottery.datasets.loading import Splits
 from lottery.pruning.checks import check_prune, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
-from lottery.pruning.masks import (
-    SCOPES,
-    Mask,
-    MaskError,
-    check_granularity,
-    check_rate,
-    prune,
-    random_mask_like,
-)
-from lottery.pruning.names import criterion_name
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
+from lottery.pruning.names import SCOPES, criterion_name
+from lottery.pruning.selection import check_granularity, check_rate, prune, random_mask_like
 from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS, CONTROL_PRIMES
 from lottery.training.engine import train_runs

@@ -30,17 +30,10 @@ from lottery.datasets.loading import Splits
 from lottery.models.registry import output_layer_name
 from lottery.pruning.checks import keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
-from lottery.pruning.masks import (
-    SCOPES,
-    Mask,
-    MaskError,
-    baked_state_dict,
-    check_granularity,
-    check_rate,
-    load_sparse,
-    prune,
-    save_sparse,
-)
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, baked_state_dict, load_sparse, save_sparse
+from lottery.pruning.names import SCOPES
+from lottery.pruning.selection import check_granularity, check_rate, prune
 from lottery.studies.names import CURVE_SPARSITIES, TICKET_CONTEXT, Method, methods
 from lottery.studies.rewind_sweep import train_dense
 from lottery.training.runfolder import hold, recorded_config

@@ -27,16 +27,10 @@ from lottery.models import recipe
 from lottery.models.registry import output_layer_name, prunable_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
-from lottery.pruning.masks import (
-    Mask,
-    MaskError,
-    check_granularity,
-    check_rate,
-    load_sparse,
-    prune,
-    random_mask_like,
-)
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, load_sparse
 from lottery.pruning.names import criterion_name, criterion_needs
+from lottery.pruning.selection import check_granularity, check_rate, prune, random_mask_like
 from lottery.studies.base import ControlRun, StudyRecord, stored_mask
 from lottery.studies.names import CONTROL_PRIMES, IMP_CONTROLS, RESETS, TICKET_CONTEXT
 from lottery.training.engine import train_runs

@@ -30,7 +30,8 @@ from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets.loading import Splits
-from lottery.pruning.masks import Mask, MaskError
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
 from lottery.studies.base import StudyRecord
 from lottery.studies.names import MIN_POINTS
 from lottery.studies.rewind_sweep import checkpoint_at, train_dense

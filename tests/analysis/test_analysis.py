@@ -13,7 +13,8 @@ from scipy import stats
 from lottery.analysis.overlap import compare_masks, expected_jaccard, pairwise
 from lottery.analysis.report import write_report
 from lottery.cli.main import main
-from lottery.pruning.masks import Mask, MaskError, load_sparse, save_sparse
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, load_sparse, save_sparse
 from lottery.studies.curves import pruning_curve, sizes_on_disk
 from lottery.studies.imp import IMPConfig, run_imp
 from lottery.studies.instability import error_barrier, error_curve, instability

@@ -21,7 +21,8 @@ from lottery.analysis.overlap import (
     sign_agreement,
 )
 from lottery.core.storage import save_checkpoint
-from lottery.pruning.masks import Mask, MaskError, save_sparse
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, save_sparse
 
 
 def brute_sum_pmf(layers):

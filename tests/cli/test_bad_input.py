@@ -100,7 +100,8 @@ def test_resuming_with_another_thread_count_is_refused_and_the_recorded_one_work
 
 
 def test_a_file_that_is_not_a_mask_says_so_and_gives_no_folder_advice(tmp_path, capsys):
-    from lottery.pruning.masks import MASK_FORMAT, Mask, MaskError
+    from lottery.pruning.maskfile import MASK_FORMAT, MaskError
+    from lottery.pruning.masks import Mask
 
     noise = tmp_path / "masks" / "noise.npz"
     noise.parent.mkdir()

@@ -23,7 +23,8 @@ from lottery.core import distributed
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import CheckpointError, load_checkpoint
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import prune
 from lottery.training.setup import load_data, make_model
 from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer

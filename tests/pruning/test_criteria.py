@@ -21,9 +21,11 @@ from lottery.pruning.criteria import (
     synflow_scores,
     training_batches,
 )
-from lottery.pruning.masks import Mask, MaskError, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
 from lottery.pruning.pruner import GradualPruner
 from lottery.pruning.schedules import Schedule
+from lottery.pruning.selection import prune
 from lottery.training.run import run_length
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny

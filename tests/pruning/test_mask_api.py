@@ -10,7 +10,9 @@ from torch.nn.utils import prune as tprune
 
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, MaskError, from_torch_prune, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, from_torch_prune
+from lottery.pruning.selection import prune
 
 
 def test_ones_refuses_a_model_carrying_torch_prune_hooks():

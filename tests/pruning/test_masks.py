@@ -9,17 +9,16 @@ from torch.nn.utils import prune as tprune
 
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
+from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import (
     Mask,
-    MaskError,
     baked_state_dict,
     from_torch_prune,
     load_sparse,
-    prune,
-    random_mask_like,
     save_sparse,
     to_torch_prune,
 )
+from lottery.pruning.selection import prune, random_mask_like
 from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny

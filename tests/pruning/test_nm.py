@@ -12,7 +12,9 @@ from lottery.cli.main import main
 from lottery.core.config import ConfigError
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score, training_batches
-from lottery.pruning.masks import Mask, MaskError, parse_nm, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import parse_nm, prune
 from lottery.studies.curves import one_shot_mask, pruning_curve, resolve_method
 from lottery.training.setup import load_data, make_model
 from tests.conftest import tiny

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import SYNFLOW_ITERATIONS, Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import prune
 
 
 def prune_lowest(scores: list[np.ndarray], keep: list[np.ndarray], target: float) -> list:

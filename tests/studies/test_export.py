@@ -17,7 +17,8 @@ from lottery.datasets.fashion_mnist import DEBIAN_FASHION_MNIST
 from lottery.datasets.loading import load_dataset
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import prune
 from lottery.studies.export import (
     Architecture,
     ExportError,

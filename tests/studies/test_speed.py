@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 from lottery.cli.main import main
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import prune
 from lottery.studies.export import Architecture, stored_numbers
 from lottery.studies.speed import figure, measure, spread, sweep, table, time_pair
 

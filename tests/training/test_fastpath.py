@@ -13,7 +13,8 @@ from lottery.core.config import ConfigError
 from lottery.core.device import compiled, memory_format
 from lottery.core.storage import load_checkpoint
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, prune
+from lottery.pruning.masks import Mask
+from lottery.pruning.selection import prune
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec
 from lottery.training.setup import load_data, make_model

@@ -24,7 +24,9 @@ from lottery.core.storage import CheckpointError, load_checkpoint, write_json
 from lottery.datasets.cifar10 import CIFAR10_DIR
 from lottery.models.registry import build_model
 from lottery.pruning.criteria import Context, score
-from lottery.pruning.masks import Mask, MaskError, load_sparse, prune
+from lottery.pruning.maskfile import MaskError
+from lottery.pruning.masks import Mask, load_sparse
+from lottery.pruning.selection import prune
 from lottery.training.runfolder import FolderInUseError, clean_leftovers, config_diff, hold
 from tests.datasets.test_datasets import fake_cifar_dir
 

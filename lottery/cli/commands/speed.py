@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lottery.core.device import resolve_device
     from lottery.core.storage import write_json
-    from lottery.pruning.masks import check_rate
+    from lottery.pruning.selection import check_rate
     from lottery.studies.export import Architecture
     from lottery.studies.speed import figure, measure, sweep, table
     from lottery.training.setup import load_run
