@@ -51,7 +51,10 @@ def test_every_command_help_imports_nothing_heavy():
     assert "--as {compact,sparse,2:4,dense}" in text["export"]
 
 
-@pytest.mark.parametrize("command", ["train", "imp", "prune", "rewind-sweep"])
+@pytest.mark.parametrize(
+    "command",
+    ["train", *(pytest.param(c, marks=pytest.mark.slow) for c in ("imp", "prune", "rewind-sweep"))],
+)
 def test_training_commands_import_no_torchvision_scipy_or_plotting(command):
     code = (
         "from lottery.cli.main import build_parser\n"
@@ -86,7 +89,7 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
     assert "95%" in curve_help and "%%" not in curve_help
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("optimizer", ["sgd", pytest.param("adam", marks=pytest.mark.slow)])
 def test_a_training_command_never_imports_dynamo(tmp_path, optimizer):
     """torch.optim's classes import torch._dynamo (1-2 s) on first use; lottery.core.optim steps
     through torch's functional kernels instead, so a whole run, with checkpoints, stays clear."""

@@ -143,6 +143,7 @@ def search(site: Path, out: Path, *flags: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_model_dataset_and_criterion_run_an_imp_search(site, tmp_path):
     out = tmp_path / "search"
     search(site, out, "--steps", "60", "--criterion", "smallest")
@@ -156,6 +157,7 @@ def test_a_plugin_model_dataset_and_criterion_run_an_imp_search(site, tmp_path):
     assert summary["rounds"][0]["test_accuracy"] > 0.6  # 4 classes: chance is 0.25
 
 
+@pytest.mark.slow
 def test_a_plugin_schedule_gets_a_flag_for_its_own_parameter(site):
     help_text = lottery(site, "schedule", "--help").stdout
     assert "halfway: progress at which all pruning happens (default 0.5)" in " ".join(
@@ -168,6 +170,7 @@ def test_a_plugin_schedule_gets_a_flag_for_its_own_parameter(site):
                                    "3,0.800000", "4,0.800000"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_an_unregistered_function_is_named_by_its_path(site, tmp_path):
     out = tmp_path / "prune"
     done = lottery(site, "prune", "--model", "tiny", "--dataset", "blobs", "--steps", "40",
@@ -193,6 +196,7 @@ def test_a_broken_plugin_is_one_line(site, tmp_path):
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_a_plugin_control_trains_beside_every_ticket(site, tmp_path):
     out = tmp_path / "search"
     search(site, out, "--steps", "30", "--controls", "random-prune-global")
@@ -205,6 +209,7 @@ def test_a_plugin_control_trains_beside_every_ticket(site, tmp_path):
     assert 0 < row["controls"]["random-prune-global"]["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_a_plugin_study_records_itself_and_its_report_section_is_written(site, tmp_path):
     from lottery.models.registry import build_model
 
