@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import Any
 
 from lottery.registry import Registry
@@ -34,9 +33,6 @@ class Recipe:
     output_rate: float = 0.5
     conv_rate: float = 1.0
     paper: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "training", MappingProxyType(dict(self.training)))
 
 
 def _small(lr: float, conv_rate: float = 1.0) -> Recipe:

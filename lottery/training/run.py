@@ -231,8 +231,8 @@ class Run:
         return distributed.from_main((self.dir / layout.RESULT).exists())
 
     def stored_result(self) -> TrainResult:
-        """A finished run's result (a folder made with other settings is refused); a run killed
-        between its result and its finish (or finished by an older release) is finished now."""
+        """A finished run's result (a folder made with other settings is refused); a run that an
+        older release finished (keeping final.pt until its study compacted it) is finished now."""
         self.write_config()
         if distributed.is_main():
             self.finish_files()
