@@ -111,3 +111,17 @@ def test_a_function_given_directly_is_recorded_by_its_path():
     by_path = score("lottery.pruning.criteria:magnitude", Context(w))
     assert torch.equal(by_path["w"], score(criteria.magnitude, Context(w))["w"])
     assert torch.equal(by_path["w"], score("magnitude", Context(w))["w"])
+
+
+def test_a_function_passed_to_score_need_not_be_importable():
+    """Scoring records nothing, so a nested function (or a lambda) scores directly; its `needs`
+    attribute is honoured."""
+
+    def negative(ctx: Context, gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        return {n: -w for n, w in ctx.weights.items()}
+
+    w = {"w": torch.arange(6.0).view(2, 3)}
+    assert torch.equal(score(negative, Context(w))["w"], -w["w"])
+    negative.needs = ("model",)
+    with pytest.raises(ValueError, match="criterion '.*negative' needs the model"):
+        score(negative, Context(w))

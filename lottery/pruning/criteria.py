@@ -19,7 +19,7 @@ from torch.func import functional_call
 from lottery.core.batches import BatchStream
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask
-from lottery.pruning.names import CRITERIA, NEEDS, criterion_name, criterion_needs
+from lottery.pruning.names import CRITERIA, NEEDS, criterion_needs
 from lottery.pruning.selection import prune
 
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]
@@ -324,13 +324,19 @@ def check(name: str, have: set[str] | None = None) -> tuple[str, ...]:
 
 def score(name: str | Callable, ctx: Context, seed: int | None = None) -> Scores:
     """Scores of `ctx.weights` by the criterion `name` (higher = keep), seeded where it draws;
-    `name` may also be "package.module:function" or a function itself."""
-    name = criterion_name(name)
-    for need in check(name):
+    `name` may also be "package.module:function" or a function itself (its `needs` attribute, if
+    any, says what it needs; nothing is recorded, so it need not be importable)."""
+    if callable(name):
+        fn, needs = name, tuple(getattr(name, "needs", ()))
+        name = getattr(name, "__qualname__", repr(name))
+    else:
+        needs = check(name)  # before loading: an unknown name is a MaskError
+        fn = CRITERIA.load(name)
+    for need in needs:
         if getattr(ctx, need) is None:
             raise MaskError(f"criterion {name!r} needs {NEEDS[need]}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return CRITERIA.load(name)(ctx, gen)
+    return fn(ctx, gen)
 
 
 def training_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:

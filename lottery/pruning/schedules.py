@@ -113,7 +113,9 @@ def register_schedule(name: str, fn: ScheduleFn) -> ScheduleFn:
 
 def resolve(name: str) -> ScheduleFn:
     """A registered schedule, or a user function given as "package.module:function"."""
-    if name not in SCHEDULES and ":" not in name:
+    if name in SCHEDULES:  # checked when registered
+        return SCHEDULES[name]
+    if ":" not in name:
         raise ConfigError(
             f"unknown pruning schedule {name!r}; choose from {', '.join(SCHEDULES)} "
             "or give a function of progress as module:function"
@@ -225,6 +227,7 @@ class Schedule:
         if self.unit == "fraction" and self.end > 1:
             raise ConfigError(f"pruning window end {self.end} lies past the end of training (1.0)")
         fn = resolve(self.name)
+        object.__setattr__(self, "_fn", fn)  # resolved once: the schedule is read at every step
         if fn is exponential and s_i <= 0:
             raise ConfigError(
                 "the exponential schedule s_i (s_f / s_i)^p needs a non-zero initial sparsity; "
@@ -234,7 +237,7 @@ class Schedule:
 
     @property
     def fn(self) -> ScheduleFn:
-        return resolve(self.name)
+        return self._fn
 
     def value(self, p: float) -> float:
         """Target sparsity at progress p of the window (clipped to [0, 1])."""

@@ -215,7 +215,11 @@ def _sparsity_runs(
         return cache["scores"]
 
     def pruned() -> Mask:
-        return stored_mask(sdir / layout.MASK, lambda: _prune(settings, scores(), sparsity))
+        if "pruned" not in cache:  # made and stored once, then shared by its controls
+            cache["pruned"] = stored_mask(
+                sdir / layout.MASK, lambda: _prune(settings, scores(), sparsity)
+            )
+        return cache["pruned"]
 
     label = f"{settings.criterion} {100 * sparsity:g}% s{cfg.init_seed}"
     record = {"label": label, "sparsity": sparsity, "criterion": settings.criterion}

@@ -72,10 +72,7 @@ class StudyRecord:
         if "fingerprint" not in old and legacy is not None:
             if legacy(old):
                 return
-            raise ConfigError(
-                f"{out} holds {self.what} with other settings ({old}); only {self.resumable} may "
-                "change when resuming. Use a new --out directory."
-            )
+            raise self._other(out, str(old))
         settings = as_json(settings)
         for k in self.grows:
             dropped = [x for x in old.get(self.key, {}).get(k, []) if x not in settings[k]]
@@ -102,9 +99,12 @@ class StudyRecord:
 
         before = comparable(old.get("train", {}), old.get(self.key, {}))
         after = comparable(cfg.to_dict(), as_json(settings))
-        raise ConfigError(
-            f"{out} holds {self.what} with other settings ({describe_diff(before, after)}); only "
-            f"{self.resumable} may change when resuming. Use a new --out directory."
+        raise self._other(out, describe_diff(before, after))
+
+    def _other(self, out: Path, differs: str) -> ConfigError:
+        return ConfigError(
+            f"{out} holds {self.what} with other settings ({differs}); only {self.resumable} may "
+            "change when resuming. Use a new --out directory."
         )
 
     def write(

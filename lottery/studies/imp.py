@@ -143,8 +143,8 @@ def imp_defaults(model_name: str, model) -> dict[str, Any]:
     """
     r = recipe(model_name)
     params = dict(model.named_parameters())
-    scale = {n: r.conv_rate for n in prunable_names(model) if params[n].dim() == 4}
-    scale = {n: v for n, v in scale.items() if v != 1.0}
+    convs = [n for n in prunable_names(model) if params[n].dim() == 4 and r.conv_rate != 1.0]
+    scale = dict.fromkeys(convs, r.conv_rate)
     out = output_layer_name(model)
     if out:
         scale[out] = r.output_rate

@@ -239,8 +239,9 @@ class Run:
         distributed.barrier(f"waiting for rank 0 to finish {self.dir}")
         return TrainResult.from_dict(storage.read_json(self.dir / layout.RESULT))
 
-    def finish_files(self) -> None:
-        """Apply the spec's Finish to final.pt (nothing without one, or once done)."""
+    def finish_files(self, state: dict[str, Any] | None = None) -> None:
+        """Apply the spec's Finish to final.pt, whose content is `state` when the caller has it
+        (nothing without a Finish, or once done)."""
         finish, final = self.spec.finish, layout.checkpoint_dir(self.dir) / layout.FINAL
         if finish is None or not final.exists():
             return
@@ -249,7 +250,7 @@ class Run:
         )
         if done and finish.keep_checkpoint:
             return
-        state = storage.load_checkpoint(final)
+        state = state if state is not None else storage.load_checkpoint(final)
         mask = Mask(state["mask"]) if state.get("mask") is not None else Mask.ones(self.model)
         mask = mask.cpu()
         if finish.mask_file:
@@ -416,7 +417,7 @@ class Run:
         )
         if distributed.is_main():
             storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)
-            self.finish_files()
+            self.finish_files(state)
             storage.write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
             self.previous.unlink(missing_ok=True)
