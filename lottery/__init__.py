@@ -111,6 +111,13 @@ _API: dict[str, tuple[str, str | None]] = {
     # command-line helpers for scripts that take the same flags
     "HelpFormatter": ("lottery.cli.main", "HelpFormatter"),
     "parse_ints": ("lottery.cli.main", "parse_ints"),
+    # sweeps: a grid of runs on local workers, Ray or Slurm
+    "Sweep": ("lottery.sweeps.plan", "Sweep"),
+    "SweepOptions": ("lottery.sweeps.run", "Options"),
+    "EXECUTORS": ("lottery.sweeps.run", "EXECUTORS"),
+    "read_sweep": ("lottery.sweeps.plan", "read_sweep"),
+    "run_sweep": ("lottery.sweeps.run", "run_sweep"),
+    "sweep_status": ("lottery.sweeps.points", "status_rows"),
 }
 
 __all__ = ["__version__", *sorted(_API)]

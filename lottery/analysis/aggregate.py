@@ -210,9 +210,14 @@ class Aggregate:
 def aggregate_folder(folder: str | Path, overlap: bool = True) -> Aggregate:
     """Records of every member of the group in `folder`, aggregated over members (seeds); with
     `overlap`, the exact pairwise overlap (lottery.analysis.overlap) of the members' last masks."""
+    kind, group = members(folder)
+    return aggregate_group(kind, group, overlap)
+
+
+def aggregate_group(kind: str, group: dict[str, Path], overlap: bool = True) -> Aggregate:
+    """`aggregate_folder` of the runs in `group` ({label: folder}, all of `kind`)."""
     import pandas as pd
 
-    kind, group = members(folder)
     check_same_settings(kind, group)
     spec = KINDS[kind]
     rows = [{"member": label, **r} for label, p in group.items() for r in spec.records(p)]
@@ -237,3 +242,26 @@ def cross_seed_overlap(group: dict[str, Path]) -> tuple[list[str], list[dict]]:
         except MaskError:
             return [], []  # dense runs carry no mask to compare
     return list(masks), pairwise(masks)
+
+
+SWEEP_SEEDS = ("seed", *SEED_FIELDS)  # a sweep's settings that name seeds
+
+
+def sweep_groups(folder: str | Path) -> dict[str, tuple[str, dict[str, Path]]]:
+    """A sweep folder's finished points, grouped by the settings that vary other than seeds:
+    {group label: (kind, {point name: folder})}; points of kinds `KINDS` cannot read are left out."""
+    folder = Path(folder)
+    plan = read_json(folder / layout.SWEEP_PLAN)
+    groups: dict[str, tuple[str, dict[str, Path]]] = {}
+    for point in plan["points"]:
+        path, status = (
+            folder / point["name"],
+            folder / layout.SWEEP_STATUS / f"{point['name']}.json",
+        )
+        kind = layout.kind(path)
+        if kind not in KINDS or not status.is_file() or read_json(status).get("state") != "done":
+            continue
+        varying = {k: v for k, v in point["varying"].items() if k not in SWEEP_SEEDS}
+        label = ",".join(f"{k}={varying[k]}" for k in sorted(varying)) or "all points"
+        groups.setdefault(label, (kind, {}))[1][point["name"]] = path
+    return groups

@@ -20,9 +20,11 @@ from lottery.analysis.aggregate import (
     Aggregate,
     aggregate,
     aggregate_folder,
+    aggregate_group,
     density_rows,
     members,
     stat_text,
+    sweep_groups,
 )
 from lottery.analysis.overlap import (
     load_masks,
@@ -299,29 +301,8 @@ def group_markdown(agg: Aggregate, metric: str) -> str:
 def group_section(folder: Path) -> Section:
     """Mean ± std [95% CI] over seeds, with bands in the figure, and the cross-seed overlap."""
     agg = aggregate_folder(folder)
-    n = len(agg.members)
-    from lottery.analysis.aggregate import KINDS
-
-    keys = KINDS[agg.kind].keys
-    figures = {}
-    if "round" in keys:
-        figures["seeds_accuracy_vs_density"] = plots.accuracy_vs_density(
-            density_rows(agg.table, keys),
-            title=f"Test accuracy over {n} seeds",
-        )
-    text = f"## {n} seeds of one {agg.kind} `{folder}` ({', '.join(agg.members)})\n\n"
-    text += "Cells: mean ± sample std [95% Student-t interval] over seeds.\n\n"
-    for metric, what in plots.ACCURACY.items():
-        text += f"{what[0].upper()}{what[1:]}:\n\n{group_markdown(agg, metric)}\n\n"
-    if agg.overlap_pairs:
-        labels = agg.overlap_labels
-        figures["seeds_overlap"] = plots.overlap_heatmap(
-            labels,
-            matrix(labels, agg.overlap_pairs),
-            matrix(labels, agg.overlap_pairs, "expected_jaccard"),
-            "Last masks of the seeds (Jaccard)",
-        )
-        text += "Cross-seed overlap of the last masks:\n\n" + _pairs_table(agg.overlap_pairs)
+    title = f"## {len(agg.members)} seeds of one {agg.kind} `{folder}` ({', '.join(agg.members)})"
+    figures, text = _group_parts(agg, title, "seeds_")
     tables = {
         "seeds_records.csv": agg.records.to_csv(index=False).encode(),
         "seeds_aggregate.csv": agg.table.to_csv(index=False).encode(),
@@ -333,6 +314,58 @@ def group_section(folder: Path) -> Section:
             }
         ),
     }
+    return figures, text, tables
+
+
+def _group_parts(agg: Aggregate, title: str, prefix: str) -> tuple[dict[str, Figure], str]:
+    """A group's figures (accuracy vs density with bands, cross-seed overlap) and markdown."""
+    from lottery.analysis.aggregate import KINDS
+
+    n = len(agg.members)
+    keys = KINDS[agg.kind].keys
+    figures = {}
+    if "round" in keys:
+        figures[f"{prefix}accuracy_vs_density"] = plots.accuracy_vs_density(
+            density_rows(agg.table, keys),
+            title=f"Test accuracy over {n} seeds",
+        )
+    text = f"{title}\n\nCells: mean ± sample std [95% Student-t interval] over seeds.\n\n"
+    for metric, what in plots.ACCURACY.items():
+        text += f"{what[0].upper()}{what[1:]}:\n\n{group_markdown(agg, metric)}\n\n"
+    if agg.overlap_pairs:
+        labels = agg.overlap_labels
+        figures[f"{prefix}overlap"] = plots.overlap_heatmap(
+            labels,
+            matrix(labels, agg.overlap_pairs),
+            matrix(labels, agg.overlap_pairs, "expected_jaccard"),
+            "Last masks of the seeds (Jaccard)",
+        )
+        text += "Cross-seed overlap of the last masks:\n\n" + _pairs_table(agg.overlap_pairs)
+    return figures, text.rstrip()
+
+
+def grid_section(folder: Path) -> Section:
+    """A `lottery sweep` folder: its finished points grouped by the settings that vary other than
+    seeds, each group's statistics over seeds as `group_section` gives them."""
+    import pandas as pd
+
+    plan = read_json(folder / layout.SWEEP_PLAN)
+    groups = sweep_groups(folder)
+    n = len(plan["points"])
+    done = sum(len(g) for _, g in groups.values())
+    text = f"## Sweep `{folder}`: lottery {plan['sweep']['command']}, {done} of {n} points done\n\n"
+    figures, frames = {}, []
+    for i, (label, (kind, group)) in enumerate(groups.items()):
+        agg = aggregate_group(kind, group)
+        title = f"### {label}: {len(group)} seed(s) ({', '.join(group)})"
+        figs, part = _group_parts(agg, title, f"sweep_{i:02d}_")
+        figures.update(figs)
+        text += part + "\n\n"
+        frames.append(agg.table.assign(group=label))
+    tables = {}
+    if frames:
+        table = pd.concat(frames, ignore_index=True)
+        tables["sweep_aggregate.csv"] = table.to_csv(index=False).encode()
     return figures, text.rstrip(), tables
 
 
@@ -412,6 +445,7 @@ SECTIONS: Registry = Registry(
         "at-init": ReportSection(lambda p: bool(records.at_init_summaries(p)), at_init_section),
         "train": ReportSection(lambda p: (p / layout.METRICS).exists(), train_section),
         "seeds": ReportSection(_is_group, group_section),
+        "sweep": ReportSection(lambda p: (p / layout.SWEEP_PLAN).exists(), grid_section),
     },
 )
 

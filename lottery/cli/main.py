@@ -75,6 +75,12 @@ COMMANDS: Registry = Registry(
             "at-init",
             "prune at initialization (SNIP, GraSP, SynFlow, ...) and train, with sanity checks",
         ),
+        "sweep": (
+            "lottery.sweeps.command:add_parser",
+            {
+                "help": "run a grid of runs (seeds, rewind points, criteria, ...) locally, on Ray or Slurm"
+            },
+        ),
     },
 )
 

@@ -3,7 +3,8 @@
 One place for these names (as OpenLTH keeps its paths in one module), so the writers, the readers
 and the analyses agree. A *run* is one training run; a *search* is an IMP search (rounds of a
 ticket and its controls); *seeds* is a folder of searches or runs, one per seed; a *sweep* is a
-rewind-point comparison; an *at-init* study prunes at initialization at several sparsities.
+rewind-point comparison; an *at-init* study prunes at initialization at several sparsities; a
+*grid* is a sweep folder of `lottery sweep`, one run folder per point.
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ DENSE = "dense"
 INSTABILITY = "instability.json"
 INSTABILITY_SETTINGS = "settings.json"
 CURVE = "curve.json"
+# A sweep (`lottery sweep`): one run folder per point, named from the settings that vary.
+SWEEP_PLAN = "sweep.json"  # the sweep as given and every point it expanded to
+SWEEP_LOGS = "logs"  # each point's output, one file per point, attempts appended
+SWEEP_STATUS = "status"  # each point's state: running, done or failed, with its executor job
 SPEED = "speed.json"  # `lottery speed`: inference timings per export route
 SPEED_FIGURE = "speed_vs_sparsity"  # its figure (extension from --format)
 
@@ -129,8 +134,11 @@ def is_search(path: Path) -> bool:
 
 
 def kind(path: Path) -> str | None:
-    """What a folder holds: run, search, seeds, sweep, instability, curve, at-init; or None."""
+    """What a folder holds: run, search, seeds, sweep (of rewind points), instability, curve,
+    at-init, grid (of `lottery sweep`); or None."""
     path = Path(path)
+    if (path / SWEEP_PLAN).exists():
+        return "grid"
     if (path / REWIND_SWEEP).exists():
         return "sweep"
     if (path / INSTABILITY).exists():

@@ -10,6 +10,7 @@ would have done. In a data-parallel run rank 0 alone writes.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,8 @@ from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest
 from lottery.training.tracking import TensorBoardTracker, evaluation_scalars
+
+log = logging.getLogger("lottery")
 
 
 @dataclass
@@ -323,6 +326,7 @@ class Run:
             self.pruner.load_state_dict(ck["pruner"])
         torch.set_rng_state(ck["rng"])
         if distributed.is_main():
+            log.info(f"{self.dir}: resuming from step {ck['step']}")
             storage.write_jsonl(
                 [r for r in storage.read_jsonl(self.metrics) if r["step"] <= ck["step"]],
                 self.metrics,

@@ -36,6 +36,27 @@ class FolderInUseError(RuntimeError):
     """Another live process holds the lock of the folder a command wants to write."""
 
 
+class ChecksPassed(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by `hold` inside `checks_only()`: the command passed every check it makes before
+    its first write, and stops there."""
+
+
+# Whether `hold` stops a command before its first write (`checks_only`).
+_checks_only = False
+
+
+@contextlib.contextmanager
+def checks_only() -> Iterator[None]:
+    """Run a command's checks and nothing more: its first `hold` raises ChecksPassed instead of
+    taking the folder (every command checks all its settings before it writes a byte)."""
+    global _checks_only
+    before, _checks_only = _checks_only, True
+    try:
+        yield
+    finally:
+        _checks_only = before
+
+
 # Folders this process holds (resolved path -> [open lock file, depth]), so nested holds nest.
 _held: dict[Path, list[Any]] = {}
 
@@ -68,6 +89,8 @@ def hold(out: str | Path, command: str | None = None) -> Iterator[Path]:
             _held[key][1] -= 1
         return
     check_tree_free(key)
+    if _checks_only:
+        raise ChecksPassed(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     f = open(out / layout.LOCK, "a+")  # noqa: SIM115 - held open as long as the lock
@@ -114,6 +137,11 @@ def check_tree_free(folder: Path) -> None:
                 f"{folder} lies {'inside' if lock in above else 'around'} {lock.parent}, which is "
                 f"being written by {holder}; wait for it to finish or use another --out"
             )
+
+
+def holder(folder: str | Path) -> str | None:
+    """Who holds `folder`'s lock (the recorded pid, host and command), or None when nobody does."""
+    return _holder(Path(folder) / layout.LOCK)
 
 
 def _holder(lock: Path) -> str | None:

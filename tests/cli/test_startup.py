@@ -78,6 +78,7 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
         "instability": ["--start-steps", "0"],
         "export": ["r", "--as", "dense", "--out", "f"],
         "speed": ["r"],
+        "sweep": ["s.yaml"],
     }
     for name in COMMANDS:
         args = parser.parse_args([name, *positional.get(name, []), "--no-progress"])

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Bottom to top. `registry` is the one shared utility; the model catalogue sits below the
 # configuration, which reads each model's recipe from it.
 LAYERS = ["registry", "models", "core", "datasets", "pruning", "training", "analysis", "studies",
-          "cli"]  # fmt: skip
+          "cli", "sweeps"]  # fmt: skip
 
 
 def layer_of(module: str) -> str:

@@ -1,0 +1,208 @@
+"""A sweep folder and its points: the plan record, each point's state, and running one point.
+
+Running a point is running its command (`python -m lottery CMD ... --out SWEEP/POINT`) in a
+child process, with its output appended to SWEEP/logs/POINT.log and its state written to
+SWEEP/status/POINT.json before and after. Every executor runs points through `run_point`, so a
+point's folder is exactly what the command writes by hand, and the command's own lock keeps two
+workers, or two sweeps, off one point. The child dies with the process that started it (Linux),
+so a killed driver or worker leaves the point to resume from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lottery.core import layout
+from lottery.core.config import ConfigError
+from lottery.core.storage import provenance, read_json, write_json
+from lottery.sweeps.plan import Point, Sweep
+
+# A point's states, as `lottery sweep status` prints them.
+DONE, RUNNING, FAILED, QUEUED, INTERRUPTED, PENDING = (
+    "done", "running", "failed", "queued", "interrupted", "pending"
+)  # fmt: skip
+STATES = (DONE, RUNNING, QUEUED, FAILED, INTERRUPTED, PENDING)
+BUSY = "busy"  # a run_point outcome: another process holds the point's folder
+
+
+def log_path(out: Path, name: str) -> Path:
+    return Path(out) / layout.SWEEP_LOGS / f"{name}.log"
+
+
+def status_path(out: Path, name: str) -> Path:
+    return Path(out) / layout.SWEEP_STATUS / f"{name}.json"
+
+
+def read_status(out: Path, name: str) -> dict[str, Any]:
+    path = status_path(out, name)
+    return read_json(path) if path.is_file() else {}
+
+
+def write_status(out: Path, name: str, **fields: Any) -> dict[str, Any]:
+    """Update a point's status record (atomically) with `fields`."""
+    record = {**read_status(out, name), **fields}
+    write_json(record, status_path(out, name))
+    return record
+
+
+def record_plan(out: Path, sweep: Sweep, points: list[Point]) -> None:
+    """Write SWEEP/sweep.json: the sweep as given and every point (by name, with its settings). A
+    folder holding another sweep (another command or fixed settings) is refused; a grid that
+    gains values adds its points to the record."""
+    path = Path(out) / layout.SWEEP_PLAN
+    old = read_json(path) if path.is_file() else None
+    if old is not None:
+        for key in ("command", "settings"):
+            if old["sweep"][key] != sweep.to_dict()[key]:
+                raise ConfigError(
+                    f"{out} holds another sweep ({key}: {old['sweep'][key]} there, "
+                    f"{sweep.to_dict()[key]} here); use another --out"
+                )
+    known = {p["name"]: p for p in (old or {}).get("points", [])}
+    for p in points:
+        known.setdefault(p.name, {"name": p.name, "varying": p.varying, "settings": p.settings})
+    record = {"sweep": sweep.to_dict(), "points": list(known.values()), **provenance()}
+    if old != record:
+        write_json(record, path)
+
+
+def planned_points(out: Path) -> tuple[str, list[Point]]:
+    """The command and every point recorded in a sweep folder."""
+    path = Path(out) / layout.SWEEP_PLAN
+    if not path.is_file():
+        raise ConfigError(f"{out} is not a sweep folder (no {layout.SWEEP_PLAN})")
+    plan = read_json(path)
+    points = [Point(p["name"], p["settings"], p["varying"]) for p in plan["points"]]
+    return plan["sweep"]["command"], points
+
+
+def point_state(out: Path, name: str) -> tuple[str, dict[str, Any]]:
+    """(state, status record) of a point: running while a process holds its folder; done or
+    failed as its last attempt ended; queued while an executor job waits for it; interrupted when
+    an attempt started and its process is gone (rerunning resumes it); else pending."""
+    from lottery.training.runfolder import holder
+
+    status = read_status(out, name)
+    if holder(Path(out) / name) is not None:
+        return RUNNING, status
+    state = status.get("state", PENDING)
+    return (INTERRUPTED if state == RUNNING else state), status
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt at a point ended: done, failed (with exit status) or busy elsewhere."""
+
+    name: str
+    state: str
+    exit: int | None = None
+    detail: str = ""  # the holder of a busy point, or where a failed point's log is
+    where: str = ""  # the host (and executor node) that ran it
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to kill this child when the thread that started it dies (PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
+def point_argv(command: str, point: Point, out: Path, threads: int | None) -> list[str]:
+    """The point's command line: `python -m lottery CMD SETTINGS --out OUT/NAME`, with the
+    sweep's thread count unless the point sets its own."""
+    argv = [sys.executable, "-m", "lottery", command, *point.argv(Path(out) / point.name)]
+    if threads is not None and "threads" not in point.settings:
+        argv += ["--threads", str(threads)]
+    return argv
+
+
+def run_point(
+    out: str | Path,
+    command: str,
+    point: Point,
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+    job: dict[str, Any] | None = None,
+) -> Outcome:
+    """Run one point to its end (resuming what an earlier attempt left) in a child process."""
+    from lottery.training.runfolder import holder
+
+    out = Path(out)
+    folder = out / point.name
+    where = socket.gethostname() + (f" ({job['node']})" if job and job.get("node") else "")
+    who = holder(folder)
+    if who is not None:
+        return Outcome(point.name, BUSY, detail=who, where=where)
+    argv = point_argv(command, point, out, threads)
+    attempts = read_status(out, point.name).get("attempts", 0) + 1
+    started = time.time()
+    write_status(
+        out, point.name, state=RUNNING, attempts=attempts, started=started, host=where,
+        argv=argv[1:], **({"job": job} if job else {}),
+    )  # fmt: skip
+    log = log_path(out, point.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    child_env = {**os.environ, **(env or {})}
+    if threads is not None:  # no thread pool larger than the point's share of the cores
+        child_env.setdefault("OMP_NUM_THREADS", str(threads))
+    with log.open("a") as f:
+        f.write(f"=== attempt {attempts} on {where} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.write(" ".join(argv[1:]) + "\n")
+        f.flush()
+        proc = subprocess.run(
+            argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=child_env, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    seconds = round(time.time() - started, 3)
+    if proc.returncode == 2 and "is being written by" in _tail(log):
+        write_status(out, point.name, state=PENDING, exit=2)
+        return Outcome(point.name, BUSY, 2, detail="taken by another process", where=where)
+    state = DONE if proc.returncode == 0 else FAILED
+    write_status(out, point.name, state=state, exit=proc.returncode, seconds=seconds)
+    return Outcome(point.name, state, proc.returncode, detail=str(log), where=where)
+
+
+def _tail(path: Path, size: int = 4096) -> str:
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read().decode(errors="replace")
+
+
+def status_rows(out: str | Path) -> list[dict[str, Any]]:
+    """One row per planned point: name, state, attempts, seconds, exit, executor job, log."""
+    out = Path(out)
+    _, points = planned_points(out)
+    rows = []
+    for p in points:
+        state, status = point_state(out, p.name)
+        job = status.get("job") or {}
+        rows.append({
+            "point": p.name, "state": state, "attempts": status.get("attempts", 0),
+            "seconds": status.get("seconds"), "exit": status.get("exit"),
+            "job": job.get("id") or job.get("node") or "", "host": status.get("host", ""),
+            "log": str(log_path(out, p.name)) if log_path(out, p.name).exists() else "",
+        })  # fmt: skip
+    return rows
+
+
+def status_table(rows: list[dict[str, Any]]) -> str:
+    """The status rows as an aligned text table, then a line of counts per state."""
+    columns = ("point", "state", "attempts", "seconds", "job", "log")
+    cells = [[("" if r[c] is None else str(r[c])) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    counts = {s: sum(r["state"] == s for r in rows) for s in STATES}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" of {len(rows)} points")
+    return "\n".join(lines)
