@@ -12,32 +12,35 @@ Training follows the paper's Conv-2 (Adam 2e-4, batch 60, Glorot-normal init) at
 Accuracy is the test accuracy at the step of minimum validation loss (the paper's early-stopping
 criterion), and that step is the early-stopping step ("tickets learn faster").
 
-Writes `table.md`, `results.json`, `records.csv` and `tickets.png` under --out, beside the searches
-(OUT/reset_init/seed_<s>/, OUT/rewind_<k>/seed_<s>/). Every search resumes after a kill, and a
-rerun reads the records back without training. The two searches can run side by side:
+The searches are two sweeps of `lottery imp` over the seeds (OUT/reset_init/seed=<s>/,
+OUT/rewind_<k>/seed=<s>/), run by any executor (`--executor local|ray|slurm`; locally, one
+one-thread worker per core by default). Every point resumes after a kill, and a rerun skips what
+is done. Writes `table.md`, `results.json`, `records.csv` and `tickets.png` under --out:
 
-    python -m experiments.conv_tickets --only reset_init & python -m experiments.conv_tickets --only rewind
-    python -m experiments.conv_tickets      # then (or alone, one search after the other): the report
+    python -m experiments.conv_tickets                  # both searches, then the report
+    python -m experiments.conv_tickets --only rewind    # one search, no report
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 
 from lottery import (
-    IMPConfig,
+    Sweep,
+    SweepOptions,
     TrainConfig,
     aggregate,
     density_rows,
-    layout,
     parse_ints,
     plots,
-    run_imp_seeds,
+    run_sweep,
     search_rounds,
     stat_text,
+    sweep_summary,
     write_json,
 )
 
@@ -62,7 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val-size", type=int, default=1000)
     p.add_argument("--test-limit", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=25)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (recorded)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (recorded)")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--workers", type=int, default=None, help="local: runs at once (default: cores)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--data-root", default=None)
     p.add_argument("--only", choices=("reset_init", "rewind"), default=None, help="one search")
@@ -95,16 +100,36 @@ def config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def searches(args: argparse.Namespace) -> dict[str, IMPConfig]:
-    """Folder name -> settings of the two searches (the model's paper rates fill the rest)."""
+def searches(args: argparse.Namespace) -> dict[str, Sweep]:
+    """Folder name -> the sweep of one search over the seeds (the model's paper rates fill the
+    rest of IMP's settings)."""
+    cfg = config(args).to_dict()
+    train = {k: cfg[k] for k in ("model", "dataset", "data_root", "train_limit", "val_size",
+                                 "test_limit", "steps", "eval_every", "threads", "device")}  # fmt: skip
+    train = {k: v for k, v in train.items() if v is not None}
+    grid = {"seed": list(args.seeds)}
     return {
-        "reset_init": IMPConfig(
-            rounds=args.rounds, controls=CONTROLS, control_rounds=args.control_rounds
-        ),
-        f"rewind_{args.rewind_step}": IMPConfig(
-            rounds=args.rounds, reset="rewind", rewind_step=args.rewind_step
-        ),
+        "reset_init": Sweep(
+            "imp",
+            {
+                **train,
+                "rounds": args.rounds,
+                "controls": list(CONTROLS),
+                "control_rounds": list(args.control_rounds),
+            },
+            grid,
+        ),  # fmt: skip
+        f"rewind_{args.rewind_step}": Sweep(
+            "imp",
+            {**train, "rounds": args.rounds, "reset": "rewind", "rewind_step": args.rewind_step},
+            grid,
+        ),  # fmt: skip
     }
+
+
+def seed_folder(search: Path, seed: int) -> Path:
+    """A search's point for one seed in its sweep folder."""
+    return search / f"seed={seed}"
 
 
 def records(args: argparse.Namespace) -> pd.DataFrame:
@@ -112,7 +137,7 @@ def records(args: argparse.Namespace) -> pd.DataFrame:
     frames = []
     for name in searches(args):
         for seed in args.seeds:
-            frame = search_rounds(layout.seed_dir(args.out / name, seed))
+            frame = search_rounds(seed_folder(args.out / name, seed))
             ticket = "θ0 ticket" if name == "reset_init" else f"rewind k={args.rewind_step} ticket"
             frame["network"] = frame["network"].map(lambda n, t=ticket: LABELS.get(n, t))
             frame.loc[frame["round"] == 0, "network"] = "dense"
@@ -150,9 +175,14 @@ def table(stats: pd.DataFrame, networks: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = config(args)
-    for name, imp in searches(args).items():
+    options = SweepOptions(workers=args.workers)
+    for name, sweep in searches(args).items():
         if args.only is None or name.startswith(args.only):
-            run_imp_seeds(cfg, imp, args.out / name, args.seeds, progress=not args.no_progress)
+            result = run_sweep(sweep, args.out / name, args.executor, options,
+                               progress=not args.no_progress)  # fmt: skip
+            if not result.complete:
+                print(sweep_summary(result), file=sys.stderr)
+                return 4
     if args.only is not None:
         return 0
     rows = records(args)

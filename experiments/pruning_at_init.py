@@ -4,9 +4,12 @@ The design of Frankle, Dziugaite, Roy & Carbin ("Pruning Neural Networks at Init
 Are We Missing the Mark?", ICLR 2021) at a small scale: LeNet-300-100 and Conv-2, SNIP, GraSP,
 SynFlow, magnitude at init and random, each pruned globally at init to every sparsity and trained
 beside its three controls (layer-shuffle, reinit, invert), against the IMP ticket with weight
-rewinding (global pruning, the same sparsities) over several seeds. Every run goes through
-`lottery.studies.at_init.run_at_init` / `lottery.studies.imp.run_imp_seeds`, so the study resumes where it
-stopped. Writes results.json, table.md and at_init.png under --out.
+rewinding (global pruning, the same sparsities) over several seeds. Per model, the runs are two
+sweeps: `lottery at-init` over the criteria (OUT/MODEL/at_init/criterion=C/seed_<s>/) and `lottery
+imp` with rewinding (OUT/MODEL/imp/rewind_step=K/seed_<s>/), each point holding every seed (one
+stacked model per sparsity with `--batched`), on any executor (`--executor local|ray|slurm`;
+locally, criteria side by side on the cores). The study resumes where it stopped. Writes
+results.json, table.md and at_init.png under --out.
 
     python -m experiments.pruning_at_init --models lenet_300_100 --epochs 2 --batched \\
         --device cpu --out checkpoints/pruning_at_init/lenet_300_100       # README, 36 min
@@ -25,15 +28,19 @@ from pathlib import Path
 from lottery import AT_INIT_CONTROLS as CONTROLS
 from lottery import AT_INIT_PRUNED as PRUNED
 from lottery import (
-    AtInitConfig,
-    IMPConfig,
+    Sweep,
+    SweepOptions,
     TrainConfig,
     at_init_accuracy,
+    at_init_summaries,
+    layout,
     load_data,
     mean_std,
-    run_at_init,
-    run_imp_seeds,
+    point_name,
+    read_json,
     run_length,
+    run_sweep,
+    sweep_summary,
     write_json,
 )
 
@@ -71,27 +78,48 @@ def imp_accuracy(summaries: dict, sparsity: float) -> tuple[list[float], float]:
     return accs, 1 - rounds[r]["density"]
 
 
-def study(model: str, args: argparse.Namespace, out: Path) -> dict:
-    """Every criterion with its controls, and IMP with rewinding, for one model."""
+def sweeps(model: str, args: argparse.Namespace) -> dict[str, Sweep]:
+    """The model's two sweeps: every criterion at init with its controls, and IMP with rewinding
+    to 1% of training; every point holds all seeds."""
     cfg = config(model, args)
-    seeds = list(range(args.seeds))
-    results: dict = {"criteria": {}, "imp": None}
-    for criterion in args.criteria:
-        settings = AtInitConfig(criterion, args.sparsities, batched=args.batched)
-        summaries = run_at_init(cfg, settings, out / model / criterion, seeds, not args.quiet)
-        results["criteria"][criterion] = summaries
+    train = {k: v for k, v in cfg.to_dict().items() if k in TRAIN_KEYS and v is not None}
+    train.update(seeds=list(range(args.seeds)), batched=args.batched)
     total, _ = run_length(cfg, load_data(cfg))
-    imp = IMPConfig(
-        rounds=imp_rounds(args.sparsities, args.imp_fraction),
-        fraction=args.imp_fraction,
-        scope="global",
-        rate_scale={},
-        reset="rewind",
-        rewind_step=max(1, round(REWIND_FRACTION * total)),
-        batched=args.batched,
-    )
-    results["imp"] = run_imp_seeds(cfg, imp, out / model / "imp", seeds, not args.quiet)
-    return results
+    imp = {"rounds": imp_rounds(args.sparsities, args.imp_fraction), "scope": "global",
+           "prune_fraction": args.imp_fraction, "rate_scale": {}, "reset": "rewind"}  # fmt: skip
+    return {
+        "at_init": Sweep(
+            "at-init",
+            {**train, "sparsities": list(args.sparsities)},
+            {"criterion": list(args.criteria)},
+        ),  # fmt: skip
+        "imp": Sweep(
+            "imp", {**train, **imp}, {"rewind_step": [max(1, round(REWIND_FRACTION * total))]}
+        ),
+    }
+
+
+# The training settings the study fixes (TrainConfig's fields, as the commands take them).
+TRAIN_KEYS = ("model", "dataset", "data_root", "val_size", "train_limit", "test_limit", "epochs",
+              "device")  # fmt: skip
+
+
+def study(model: str, args: argparse.Namespace, out: Path) -> dict:
+    """Run (or resume) the model's sweeps, then read back every criterion's and IMP's summaries."""
+    folders = {}
+    for name, sweep in sweeps(model, args).items():
+        result = run_sweep(sweep, out / model / name, args.executor,
+                           SweepOptions(workers=args.workers), progress=not args.quiet)  # fmt: skip
+        if not result.complete:
+            raise SystemExit(f"pruning_at_init: {sweep_summary(result)}")
+        folders[name] = {p.name: out / model / name / p.name for p in result.points}
+    criteria = {
+        c: at_init_summaries(folders["at_init"][point_name({"criterion": c})])
+        for c in args.criteria
+    }
+    (imp,) = folders["imp"].values()
+    seeds = {s: read_json(layout.seed_dir(imp, s) / layout.SUMMARY) for s in range(args.seeds)}
+    return {"criteria": criteria, "imp": seeds}
 
 
 def table(model: str, results: dict, sparsities: tuple[float, ...]) -> str:
@@ -172,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--imp-fraction", type=float, default=0.2, help="IMP's per-round pruning fraction"
     )
     p.add_argument("--batched", action="store_true", help="stack each sparsity's networks")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--workers", type=int, default=None, help="local: points at once")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-root", default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -11,12 +11,15 @@ pruned ResNet-18). A dense run per seed gives the reference, and one dense run t
 `--converged` times the budget shows how close the budget comes to convergence.
 
 Every schedule goes through the same GradualPruner and mask engine, so runs differ only by the
-schedule. On a CPU the runs train one by one (the default), in `--jobs` worker processes of
-`--threads` threads each: stacking small convolutions with vmap (`--batched`) turns them into
-grouped convolutions that PyTorch's CPU kernels run about 2x slower than separate ones, and two
-one-thread processes use two cores better than one two-thread process. A run's result depends
-on its thread count only, not on --jobs. Killed runs resume; a rerun reads finished runs back.
-Writes results.json, table.md, sparsity.png and accuracy.png under --out.
+schedule. The runs are three sweeps (`lottery sweep`): the schedules (`lottery prune`, schedule ×
+seed) in OUT/schedules/, the dense references (`lottery train`) in OUT/dense/ and the longer dense
+run in OUT/converged/, on any executor (`--executor local|ray|slurm`; locally `--jobs` worker
+processes of `--threads` threads each). On a CPU that beats one stacked model (`--batched`, for a
+GPU): stacking small convolutions with vmap turns them into grouped convolutions that PyTorch's CPU
+kernels run about 2x slower than separate ones, and two one-thread processes use two cores better
+than one two-thread process. A run's result depends on its thread count only, not on --jobs.
+Killed runs resume; a rerun skips finished runs. Writes results.json, table.md, sparsity.png and
+accuracy.png under --out.
 
     python -m experiments.schedule_budget --jobs 2   # 24,000 steps, ~20 CPU-minutes: ~11 min
     python -m experiments.schedule_budget --quick    # a smoke run of about a minute
@@ -25,12 +28,9 @@ Writes results.json, table.md, sparsity.png and accuracy.png under --out.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections import OrderedDict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from lottery import (
@@ -40,18 +40,21 @@ from lottery import (
     PruningSettings,
     Schedule,
     Splits,
+    Sweep,
+    SweepOptions,
     TrainConfig,
-    TrainResult,
     count_parameters,
-    hold,
     layout,
     load_dataset,
     make_model,
+    point_name,
     prunable_names,
-    pruned_spec,
+    read_json,
     read_jsonl,
     run_length,
+    run_sweep,
     summarize,
+    sweep_summary,
     train_gradual,
     write_json,
 )
@@ -149,118 +152,134 @@ def load(budget: Budget) -> Splits:
                         train_limit=cfg.train_limit, test_limit=cfg.test_limit)  # fmt: skip
 
 
-def make_runs(
-    labels: list[str], seeds: int, budget: Budget, data: Splits, out: Path, converged: float = 0.0
-) -> list[GradualRun]:
-    """Every (schedule, seed) run as a GradualRun in out/runs/<schedule>/seed_<s>/ (the dense
-    reference has no schedule), each seed's init and data order shared by its schedules; with
-    `converged` > 0, also seed 0's dense run for `converged` times the budget."""
+@dataclass(frozen=True)
+class Planned:
+    """One run of the study: its label and seed, the sweep that runs it, and its folder."""
 
-    def run(label: str, seed: int, schedule: Schedule | None, factor: float) -> GradualRun:
+    label: str
+    seed: int
+    sweep: str  # the sweep's folder under --out: schedules, dense or converged
+    point: str  # the run's folder in it
+    cfg: TrainConfig
+    schedule: Schedule | None
+
+
+def sweeps(
+    labels: list[str], seeds: int, budget: Budget, data: Splits, converged: float = 0.0
+) -> tuple[dict[str, Sweep], list[Planned]]:
+    """The study's sweeps by folder name, and every run they hold: each (schedule, seed) as a
+    `lottery prune` point, the dense reference per seed as a `lottery train` point (each seed's
+    init and data order shared by its schedules), and with `converged` > 0 seed 0's dense run for
+    `converged` times the budget."""
+
+    def fixed(cfg: TrainConfig) -> dict:
+        return {k: v for k, v in cfg.to_dict().items()
+                if k in TRAIN_KEYS and k not in ("init_seed", "data_seed") and v is not None}  # fmt: skip
+
+    def timed(seed: int, factor: float = 1.0) -> TrainConfig:
         cfg = config(budget, seed, factor)
-        cfg = cfg.replace(eval_every=max(1, run_length(cfg, data)[0] // budget.evals))
-        folder = out / "runs" / _slug(label) / f"seed_{seed}"
-        return GradualRun(cfg, schedule, folder, record={"label": f"{label} s{seed}"})
+        return cfg.replace(eval_every=max(1, run_length(cfg, data)[0] // budget.evals))
 
-    runs = []
-    for seed in range(seeds):
-        for label in labels:
-            schedule = None
-            if label != DENSE:
+    pruned = [label for label in labels if label != DENSE]
+    rows = {label: {**RECIPE_DEFAULTS, **RECIPES[label]} for label in pruned}
+    out: dict[str, Sweep] = {}
+    planned = []
+    if pruned:
+        zipped = {("schedule" if k == "name" else k): [rows[lb][k] for lb in pruned]
+                  for k in RECIPE_DEFAULTS}  # fmt: skip
+        out["schedules"] = Sweep("prune", {**fixed(timed(0)), **settings_of(budget)},
+                                 {"seed": list(range(seeds))}, zipped)  # fmt: skip
+        for seed in range(seeds):
+            for label in pruned:
+                varying = {"seed": seed, **{k: v[pruned.index(label)] for k, v in zipped.items()}}
                 schedule = Schedule(final_sparsity=FINAL_SPARSITY, **RECIPES[label])
-            runs.append(run(label, seed, schedule, 1.0))
+                planned.append(
+                    Planned(label, seed, "schedules", point_name(varying), timed(seed), schedule)
+                )
+    if DENSE in labels:
+        out["dense"] = Sweep("train", fixed(timed(0)), {"seed": list(range(seeds))})
+        for seed in range(seeds):
+            planned.append(
+                Planned(DENSE, seed, "dense", point_name({"seed": seed}), timed(seed), None)
+            )
     if converged > 0:
-        runs.append(run(converged_label(converged), 0, None, converged))
-    return runs
+        long = timed(0, converged)
+        settings = {k: v for k, v in fixed(long).items() if k != "epochs"}
+        out["converged"] = Sweep("train", settings, {"epochs": [long.epochs]})
+        label = converged_label(converged)
+        planned.append(
+            Planned(label, 0, "converged", point_name({"epochs": long.epochs}), long, None)
+        )
+    return out, planned
 
 
-_WORKER_DATA: list[Splits] = []  # a worker process's data, loaded once by _start_worker
+# The training settings the study fixes, as `lottery prune` and `lottery train` take them.
+TRAIN_KEYS = ("model", "dataset", "data_root", "val_size", "train_limit", "test_limit", "epochs",
+              "batch_size", "optimizer", "lr", "lr_schedule", "init_seed", "data_seed", "device",
+              "threads", "eval_every")  # fmt: skip
+# A schedule's window and start when its recipe leaves them out (as `lottery prune` defaults).
+RECIPE_DEFAULTS = {"name": None, "start": 0.0, "end": 1.0, "initial_sparsity": 0.0}
 
 
-def _start_worker(budget: Budget) -> None:
-    _WORKER_DATA.append(load(budget))
-
-
-def _train_in_worker(run: GradualRun, pruning: PruningSettings) -> TrainResult:
-    return train_gradual([run], pruning, _WORKER_DATA[0], progress=False)[0]
+def settings_of(budget: Budget) -> dict:
+    """`settings(budget)` as `lottery prune`'s settings."""
+    s = settings(budget)
+    return {"update_every": s.every, "scope": s.scope, "criterion": s.criterion,
+            "layers": s.layers, "final_sparsity": FINAL_SPARSITY}  # fmt: skip
 
 
 def train(
-    runs: list[GradualRun],
+    planned: list[Planned],
+    study: dict[str, Sweep],
     budget: Budget,
     data: Splits,
+    out: Path,
     *,
     batched: bool = False,
-    jobs: int = 1,
+    options: SweepOptions | None = None,
+    executor: str = "local",
     progress: bool = True,
-    lock: Path | None = None,
 ) -> list[dict]:
-    """Train (or resume, or read back) every run: one by one in this process, in `jobs` worker
-    processes (longest runs first), or all as one stacked model when `batched`."""
-    pruning = settings(budget)
-    for run in runs:  # validate every run before anything is written
-        pruned_spec(run, pruning, data)
-    if jobs == 1:
-        results = train_gradual(runs, pruning, data, batched=batched, progress=progress, lock=lock)
+    """Run (or resume, or skip) every run: the sweeps on `executor`, or, `batched`, all runs in
+    this process as one stacked model in the same folders; then read each run's records."""
+    if batched:
+        runs = [GradualRun(p.cfg, p.schedule, out / p.sweep / p.point) for p in planned]
+        train_gradual(runs, settings(budget), data, batched=True, progress=progress, lock=out)
     else:
-        results = _train_in_workers(runs, pruning, budget, data, jobs, progress, lock)
-    out = []
-    for run, result in zip(runs, results, strict=True):
-        label, seed = run.record["label"].rsplit(" s", 1)
-        pruned = run.schedule is not None
-        out.append({
-            "schedule": label,
-            "seed": int(seed),
-            "test_accuracy": result.test_accuracy,
-            "sparsity": 1.0 - result.density,
-            "seconds": result.seconds,
-            "metrics": read_jsonl(run.out / layout.METRICS),
-            "pruning": read_jsonl(run.out / layout.PRUNING_LOG) if pruned else [],
-            "total_steps": result.steps,
-            "layers": layer_counts(run, data) if pruned else None,
+        for name, sweep in study.items():
+            result = run_sweep(sweep, out / name, executor, options, progress=progress)
+            if not result.complete:
+                raise ConfigError(sweep_summary(result))
+    rows = []
+    for p in planned:
+        folder = out / p.sweep / p.point
+        result = read_json(folder / layout.RESULT)
+        pruned = p.schedule is not None
+        rows.append({
+            "schedule": p.label,
+            "seed": p.seed,
+            "test_accuracy": result["test_accuracy"],
+            "sparsity": 1.0 - result["density"],
+            "seconds": result["seconds"],
+            "metrics": read_jsonl(folder / layout.METRICS),
+            "pruning": read_jsonl(folder / layout.PRUNING_LOG) if pruned else [],
+            "total_steps": result["steps"],
+            "layers": layer_counts(p.cfg, folder, data) if pruned else None,
         })  # fmt: skip
-    return out
+    return rows
 
 
-def _train_in_workers(
-    runs: list[GradualRun],
-    pruning: PruningSettings,
-    budget: Budget,
-    data: Splits,
-    jobs: int,
-    progress: bool,
-    lock: Path | None,
-) -> list[TrainResult]:
-    """Each run trained alone in one of `jobs` spawned processes, the longest submitted first."""
-    order = sorted(range(len(runs)), key=lambda i: -run_length(runs[i].cfg, data)[0])
-    results: dict[int, TrainResult] = {}
-    context = get_context("spawn")  # a fork of a process that ran torch's thread pools can hang
-    held = hold(lock) if lock is not None else contextlib.nullcontext()
-    with held, ProcessPoolExecutor(jobs, context, _start_worker, (budget,)) as pool:
-        futures = {pool.submit(_train_in_worker, runs[i], pruning): i for i in order}
-        for done, future in enumerate(as_completed(futures), 1):
-            i = futures[future]
-            results[i] = future.result()
-            if progress:
-                print(f"[{done}/{len(runs)}] {runs[i].record['label']}", file=sys.stderr)
-    return [results[i] for i in range(len(runs))]
-
-
-def layer_counts(run: GradualRun, data: Splits) -> dict[str, dict]:
+def layer_counts(cfg: TrainConfig, folder: Path, data: Splits) -> dict[str, dict]:
     """Kept and total weights of every prunable tensor at the end of a pruned run (tensors the
     mask leaves out, the fc layer here, are dense)."""
-    model = make_model(run.cfg, data)
-    tensors = Mask.load(run.out / layout.MASK).tensors
+    model = make_model(cfg, data)
+    tensors = Mask.load(folder / layout.MASK).tensors
     counts = {}
     for name in prunable_names(model):
         total = count_parameters(model, [name])
         kept = int(tensors[name].sum()) if name in tensors else total
         counts[name] = {"kept": kept, "total": total, "pruned": name in tensors}
     return counts
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in label).strip("_").replace("__", "_")
 
 
 def summarise(runs: list[dict]) -> OrderedDict[str, dict]:
@@ -434,8 +453,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument(
         "--batched", action="store_true", help="train the runs as one stacked model (GPU)"
     )
-    p.add_argument("--jobs", type=int, default=1, help="worker processes for one-by-one runs")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    p.add_argument("--jobs", type=int, default=1, help="local: worker processes (runs at once)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="where the runs go (see docs/sweeps.md)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--schedules", default=None, help="comma-separated subset of the labels")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference runs")
@@ -489,9 +510,10 @@ def study(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     data = load(budget)
-    runs = make_runs(labels, args.seeds, budget, data, args.out, args.converged)
-    runs = train(runs, budget, data, batched=args.batched, jobs=args.jobs,
-                 progress=not args.no_progress, lock=args.out)  # fmt: skip
+    study_sweeps, planned = sweeps(labels, args.seeds, budget, data, args.converged)
+    runs = train(planned, study_sweeps, budget, data, args.out, batched=args.batched,
+                 options=SweepOptions(workers=args.jobs, threads=args.threads),
+                 executor=args.executor, progress=not args.no_progress)  # fmt: skip
     rows = summarise(runs)
     md = table(rows) + "\n\n" + layer_table(runs)
     converged = None

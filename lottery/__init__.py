@@ -105,6 +105,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "records": ("lottery.analysis.records", None),
     "at_init_accuracy": ("lottery.analysis.records", "at_init_accuracy"),
     "at_init_table": ("lottery.analysis.records", "at_init_table"),
+    "at_init_summaries": ("lottery.analysis.records", "at_init_summaries"),
     "mean_std": ("lottery.analysis.records", "mean_std"),
     "search_rounds": ("lottery.analysis.records", "search_rounds"),
     "write_report": ("lottery.analysis.report", "write_report"),
@@ -116,7 +117,9 @@ _API: dict[str, tuple[str, str | None]] = {
     "SweepOptions": ("lottery.sweeps.run", "Options"),
     "EXECUTORS": ("lottery.sweeps.run", "EXECUTORS"),
     "read_sweep": ("lottery.sweeps.plan", "read_sweep"),
+    "point_name": ("lottery.sweeps.plan", "point_name"),
     "run_sweep": ("lottery.sweeps.run", "run_sweep"),
+    "sweep_summary": ("lottery.sweeps.run", "summary"),
     "sweep_status": ("lottery.sweeps.points", "status_rows"),
 }
 

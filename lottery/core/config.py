@@ -144,6 +144,14 @@ class TrainConfig:
         "also write TensorBoard event files to RUN/tensorboard/ (needs lottery[tensorboard])",
         group=RECORDS,
     )
+    track: str | None = flag(
+        None,
+        "also log evaluations to these trackers, comma-separated: wandb (Weights & Biases, "
+        "offline unless WANDB_MODE says otherwise; lottery[wandb]), mlflow (MLFLOW_TRACKING_URI, "
+        "default a file store beside the run or sweep; lottery[mlflow]); one run each, grouped "
+        "by sweep",
+        group=RECORDS,
+    )
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -172,6 +180,9 @@ class TrainConfig:
             )
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {OPTIMIZERS}")
+        unknown = [t for t in (self.track or "").split(",") if t and t not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"--track {self.track}: {unknown} not among {', '.join(TRACKERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(
                 f"unknown LR schedule {self.lr_schedule!r}; choose from {LR_SCHEDULES}"
@@ -250,7 +261,9 @@ NON_RESULT_FIELDS = (
     "compile",
     "tensorboard",
     "threads",
+    "track",
 )
+TRACKERS = ("wandb", "mlflow")  # what --track names (lottery.training.tracking)
 
 
 def field_value(name: str, value: Any) -> Any:

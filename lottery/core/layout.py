@@ -25,6 +25,7 @@ WEIGHTS = "weights.npz"  # final weights as sparse arrays with their mask
 PRUNING_LOG = "pruning.jsonl"  # a gradual-pruning run's mask updates
 LOCK = ".lock"  # held by the one process that writes the folder
 TENSORBOARD = "tensorboard"  # optional event files (--tensorboard)
+TRACKER_IDS = "trackers.json"  # the W&B and MLflow run ids of a run (--track), kept for resume
 
 # An IMP search.
 IMP_RECORD = "imp.json"  # the search's full configuration
@@ -43,6 +44,7 @@ CURVE = "curve.json"
 SWEEP_PLAN = "sweep.json"  # the sweep as given and every point it expanded to
 SWEEP_LOGS = "logs"  # each point's output, one file per point, attempts appended
 SWEEP_STATUS = "status"  # each point's state: running, done or failed, with its executor job
+SWEEP_ENV = "LOTTERY_SWEEP"  # set for each point's process: its sweep folder (trackers group by it)
 SPEED = "speed.json"  # `lottery speed`: inference timings per export route
 SPEED_FIGURE = "speed_vs_sparsity"  # its figure (extension from --format)
 

@@ -1,16 +1,21 @@
-"""Files on disk: atomic writes, safe checkpoint loads, JSON records and run provenance."""
+"""Files on disk: atomic writes, safe checkpoint loads, JSON records, folder locks' holders and
+run provenance. torch loads only for checkpoints and provenance, so records and locks can be read
+by a process that trains nothing (a sweep's worker)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import os
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT_FORMAT = "lottery-checkpoint/1"
 
@@ -63,6 +68,8 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Serialise `state` (tensors, numbers, strings, containers) atomically with a format tag."""
+    import torch
+
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     write_bytes_atomic(buf.getvalue(), path)
@@ -70,6 +77,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint without executing pickled code; any defect is an error naming the file."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -142,6 +151,8 @@ def git_commit(start: str | Path | None = None) -> str | None:
 
 def provenance() -> dict[str, Any]:
     """Versions and commit recorded beside every run's configuration."""
+    import torch
+
     from lottery import __version__
 
     return {
@@ -149,3 +160,20 @@ def provenance() -> dict[str, Any]:
         "torch_version": torch.__version__,
         "git_commit": git_commit(),
     }
+
+
+def lock_holder(lock: Path) -> str | None:
+    """Who holds the `flock` on file `lock` (the pid, host and command it records), or None when
+    nobody does."""
+    try:
+        with Path(lock).open("r") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
+                    raise
+                return f.read().strip() or "another process"
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return None
+    except FileNotFoundError:
+        return None

@@ -25,11 +25,10 @@ from lottery.core.config import ConfigError
 
 # Commands a sweep may run: each writes one folder per run and resumes when rerun.
 SWEEP_COMMANDS = ("train", "imp", "prune", "at-init", "rewind-sweep", "instability", "curve")
-# Flags a sweep sets itself (the point's folder, progress) or that would split a point in two.
+# Flags a sweep sets itself: the point's folder, where its settings come from, progress.
 RESERVED = {
     "out": "the sweep names each point's folder",
     "config": "give the settings in the sweep file",
-    "seeds": "vary `seed` in the grid instead",
     "no_progress": "the sweep draws one bar over its points",
     "progress": "the sweep draws one bar over its points",
 }
@@ -78,8 +77,9 @@ class Sweep:
             for key, values in getattr(self, part).items():
                 if not isinstance(values, list) or not values:
                     raise ConfigError(f"sweep {part}.{key}: expected a non-empty list of values")
-                if len({_text(v) for v in values}) != len(values):
-                    raise ConfigError(f"sweep {part}.{key}: repeats a value {values}")
+        for key, values in self.grid.items():  # zipped lists may repeat: their rows differ
+            if len({_text(v) for v in values}) != len(values):
+                raise ConfigError(f"sweep grid.{key}: repeats a value {values}")
         if not self.grid and not self.zip:
             raise ConfigError("sweep grid is empty: vary at least one setting under grid or zip")
         lengths = {len(v) for v in self.zip.values()}
@@ -194,7 +194,7 @@ def _problem(e: Exception) -> str:
     return str(getattr(e, "problem", None) or e).strip()
 
 
-def check_points(sweep: Sweep, points: list[Point]) -> None:
+def check_points(sweep: Sweep, points: list[Point], out: Path) -> None:
     """Run every point's command up to its first write (`runfolder.checks_only`): its parser, its
     configuration and every check it makes of data, model and settings. So a setting or value the
     command would refuse stops the sweep before anything is written, naming the point."""
@@ -206,7 +206,7 @@ def check_points(sweep: Sweep, points: list[Point]) -> None:
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
-                args, unknown = parser.parse_known_args([sweep.command, *p.argv(Path("."))])
+                args, unknown = parser.parse_known_args([sweep.command, *p.argv(out / p.name)])
             flags = [a[2:].replace("-", "_") for a in unknown if a.startswith("--")]
             if flags:
                 raise ConfigError(f"{flags} are not settings of lottery {sweep.command}")

@@ -24,7 +24,7 @@ from typing import Any
 
 from lottery.core import layout
 from lottery.core.config import ConfigError
-from lottery.core.storage import provenance, read_json, write_json
+from lottery.core.storage import lock_holder, provenance, read_json, write_json
 from lottery.sweeps.plan import Point, Sweep
 
 # A point's states, as `lottery sweep status` prints them.
@@ -55,19 +55,25 @@ def write_status(out: Path, name: str, **fields: Any) -> dict[str, Any]:
     return record
 
 
+def check_plan(out: Path, sweep: Sweep) -> None:
+    """Refuse a folder that records another sweep (another command or fixed settings)."""
+    path = Path(out) / layout.SWEEP_PLAN
+    if not path.is_file():
+        return
+    old = read_json(path)["sweep"]
+    for key in ("command", "settings"):
+        if old[key] != sweep.to_dict()[key]:
+            raise ConfigError(
+                f"{out} holds another sweep ({key}: {old[key]} there, {sweep.to_dict()[key]} "
+                "here); use another --out"
+            )
+
+
 def record_plan(out: Path, sweep: Sweep, points: list[Point]) -> None:
-    """Write SWEEP/sweep.json: the sweep as given and every point (by name, with its settings). A
-    folder holding another sweep (another command or fixed settings) is refused; a grid that
-    gains values adds its points to the record."""
+    """Write SWEEP/sweep.json: the sweep as given and every point (by name, with its settings);
+    a grid that gains values adds its points to the record."""
     path = Path(out) / layout.SWEEP_PLAN
     old = read_json(path) if path.is_file() else None
-    if old is not None:
-        for key in ("command", "settings"):
-            if old["sweep"][key] != sweep.to_dict()[key]:
-                raise ConfigError(
-                    f"{out} holds another sweep ({key}: {old['sweep'][key]} there, "
-                    f"{sweep.to_dict()[key]} here); use another --out"
-                )
     known = {p["name"]: p for p in (old or {}).get("points", [])}
     for p in points:
         known.setdefault(p.name, {"name": p.name, "varying": p.varying, "settings": p.settings})
@@ -90,10 +96,8 @@ def point_state(out: Path, name: str) -> tuple[str, dict[str, Any]]:
     """(state, status record) of a point: running while a process holds its folder; done or
     failed as its last attempt ended; queued while an executor job waits for it; interrupted when
     an attempt started and its process is gone (rerunning resumes it); else pending."""
-    from lottery.training.runfolder import holder
-
     status = read_status(out, name)
-    if holder(Path(out) / name) is not None:
+    if lock_holder(Path(out) / name / layout.LOCK) is not None:
         return RUNNING, status
     state = status.get("state", PENDING)
     return (INTERRUPTED if state == RUNNING else state), status
@@ -134,12 +138,10 @@ def run_point(
     job: dict[str, Any] | None = None,
 ) -> Outcome:
     """Run one point to its end (resuming what an earlier attempt left) in a child process."""
-    from lottery.training.runfolder import holder
-
     out = Path(out)
     folder = out / point.name
     where = socket.gethostname() + (f" ({job['node']})" if job and job.get("node") else "")
-    who = holder(folder)
+    who = lock_holder(folder / layout.LOCK)
     if who is not None:
         return Outcome(point.name, BUSY, detail=who, where=where)
     argv = point_argv(command, point, out, threads)
@@ -151,7 +153,11 @@ def run_point(
     )  # fmt: skip
     log = log_path(out, point.name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {**os.environ, **(env or {})}
+    child_env = {
+        **os.environ,
+        **(env or {}),
+        layout.SWEEP_ENV: str(out.resolve()),
+    }  # trackers group by it
     if threads is not None:  # no thread pool larger than the point's share of the cores
         child_env.setdefault("OMP_NUM_THREADS", str(threads))
     with log.open("a") as f:

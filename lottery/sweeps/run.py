@@ -17,7 +17,15 @@ from pathlib import Path
 from lottery.core.config import ConfigError
 from lottery.registry import Registry
 from lottery.sweeps.plan import Point, Sweep, check_points
-from lottery.sweeps.points import BUSY, DONE, FAILED, Outcome, point_state, record_plan
+from lottery.sweeps.points import (
+    BUSY,
+    DONE,
+    FAILED,
+    Outcome,
+    check_plan,
+    point_state,
+    record_plan,
+)
 
 log = logging.getLogger("lottery.sweep")
 
@@ -82,18 +90,22 @@ class SweepResult:
 
 def prepare(
     sweep: Sweep, out: str | Path, executor: str = "local", options: Options | None = None
-) -> list[Point]:
-    """Every check a sweep makes before writing: the points against the command, the executor's
-    name, options and extra, and the folder (empty, or this same sweep)."""
+) -> tuple[list[Point], list[Point]]:
+    """Every check a sweep makes before writing: the executor's name, options and extra, the
+    folder (empty, or this same sweep), and each point not yet done against its command. Returns
+    (all points, the ones not done)."""
     from lottery.training.runfolder import check_writable
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    out = Path(out)
     points = sweep.points()
-    check_points(sweep, points)
-    CHECKS[executor](options or Options(), points)
-    check_writable(Path(out), "--out", kinds=("grid",))
-    return points
+    check_writable(out, "--out", kinds=("grid",))
+    check_plan(out, sweep)
+    todo = [p for p in points if point_state(out, p.name)[0] != DONE]
+    check_points(sweep, todo, out)  # a finished point passed them when it ran
+    CHECKS[executor](options or Options(), todo)
+    return points, todo
 
 
 def run_sweep(
@@ -106,17 +118,14 @@ def run_sweep(
 ) -> SweepResult:
     """Run every point of `sweep` not yet done into `out`/POINT with `executor` (local, ray,
     slurm); a failed point is tried `retries` more times, and the others go on regardless."""
-    options = options or Options()
-    out = Path(out)
-    points = prepare(sweep, out, executor, options)
     if retries < 0:
         raise ConfigError(f"--retries must be >= 0, got {retries}")
+    options = options or Options()
+    out = Path(out)
+    points, todo = prepare(sweep, out, executor, options)
     out.mkdir(parents=True, exist_ok=True)
     record_plan(out, sweep, points)
-    result = SweepResult(out, points)
-    todo = []
-    for p in points:
-        (result.done_before if point_state(out, p.name)[0] == DONE else todo).append(p)
+    result = SweepResult(out, points, done_before=[p.name for p in points if p not in todo])
     if result.done_before:
         log.info(f"sweep: {len(result.done_before)} of {len(points)} points already done")
     bar = _bar(len(todo), progress)

@@ -28,7 +28,7 @@ from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest
-from lottery.training.tracking import TensorBoardTracker, evaluation_scalars
+from lottery.training.tracking import evaluation_scalars, open_trackers
 
 log = logging.getLogger("lottery")
 
@@ -223,8 +223,11 @@ class Run:
         check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
         self.best, self.tally = Best(), Tally()
         self.metrics = self.dir / layout.METRICS
-        track = self.cfg.tensorboard and distributed.is_main()
-        self.tracker = TensorBoardTracker(self.dir) if track else None
+        self.trackers = (
+            open_trackers(self.dir, self.cfg.tensorboard, self.cfg.track, self.cfg.to_dict())
+            if distributed.is_main()
+            else []
+        )
         self.last = layout.checkpoint_dir(self.dir) / layout.LAST
         self.previous = layout.checkpoint_dir(self.dir) / layout.PREVIOUS
 
@@ -365,9 +368,10 @@ class Run:
         if distributed.is_main():
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-        if self.tracker is not None:
+        if self.trackers:
             density = self.mask.layer_density() if self.mask is not None else None
-            self.tracker.log(step, evaluation_scalars(rec, density))
+            for tracker in self.trackers:
+                tracker.log(step, evaluation_scalars(rec, density))
         return rec
 
     # -- checkpoints ---------------------------------------------------------------------------
@@ -425,7 +429,7 @@ class Run:
             storage.write_json(result.to_dict(), self.dir / layout.RESULT)
             self.last.unlink(missing_ok=True)
             self.previous.unlink(missing_ok=True)
-        if self.tracker is not None:
-            self.tracker.close()
+        for tracker in self.trackers:
+            tracker.close()
         distributed.barrier(f"waiting for rank 0 to write {self.dir / layout.RESULT}")
         return result

@@ -25,7 +25,7 @@ from typing import Any
 
 from lottery.core import distributed, layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
-from lottery.core.storage import read_json
+from lottery.core.storage import lock_holder, read_json
 from lottery.pruning.masks import Mask
 
 # Temporary files of `storage.write_bytes_atomic`: `.NAME.` + 8 random characters (mkstemp) + `.tmp`.
@@ -131,7 +131,7 @@ def check_tree_free(folder: Path) -> None:
     for lock in [*above, *below]:
         if lock.parent in _held or lock.parent == folder or not lock.is_file():
             continue
-        holder = _holder(lock)
+        holder = lock_holder(lock)
         if holder is not None:
             raise FolderInUseError(
                 f"{folder} lies {'inside' if lock in above else 'around'} {lock.parent}, which is "
@@ -141,23 +141,7 @@ def check_tree_free(folder: Path) -> None:
 
 def holder(folder: str | Path) -> str | None:
     """Who holds `folder`'s lock (the recorded pid, host and command), or None when nobody does."""
-    return _holder(Path(folder) / layout.LOCK)
-
-
-def _holder(lock: Path) -> str | None:
-    """Who holds `lock` (its recorded pid, host and command), or None when nobody does."""
-    try:
-        with lock.open("r") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EACCES, errno.EAGAIN):
-                    raise
-                return f.read().strip() or "another process"
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None
-    except FileNotFoundError:
-        return None
+    return lock_holder(Path(folder) / layout.LOCK)
 
 
 def _command() -> str:

@@ -11,7 +11,6 @@ from scipy import stats
 
 from experiments import conv_tickets
 from lottery.analysis.records import search_rounds
-from lottery.core import layout
 
 
 @pytest.mark.slow
@@ -21,8 +20,8 @@ def test_quick_study_tables_match_the_records_and_rerun_trains_nothing(tmp_path,
     assert conv_tickets.main(argv) == 0
     # both searches start from the same dense runs: their round 0 records agree exactly
     for seed in (0, 1):
-        a = search_rounds(layout.seed_dir(out / "reset_init", seed))
-        b = search_rounds(layout.seed_dir(out / "rewind_2", seed))
+        a = search_rounds(conv_tickets.seed_folder(out / "reset_init", seed))
+        b = search_rounds(conv_tickets.seed_folder(out / "rewind_2", seed))
         pd.testing.assert_frame_equal(a[a["round"] == 0], b[b["round"] == 0])
         assert sorted(a.loc[a["round"] == 2, "network"]) == [
             "random-prune", "random-reinit", "ticket"

@@ -35,7 +35,7 @@ def runs(tmp_path_factory):
 
 
 def pruned_dirs(out):
-    return sorted(p.parent for p in (out / "runs").glob("*/seed_*/pruning.jsonl"))
+    return sorted(p.parent for p in (out / "schedules").glob("*/pruning.jsonl"))
 
 
 def test_only_the_convolutions_are_pruned_each_to_exactly_95_percent(runs):
@@ -78,7 +78,7 @@ def test_summary_statistics_match_numpy_and_scipy(runs):
 def test_worker_processes_give_bitwise_the_same_runs(runs):
     root, one, two = runs
     assert json.dumps(one["summary"]) == json.dumps(two["summary"])  # NaN-safe
-    dirs = sorted(p.parent for p in (root / "one" / "runs").glob("*/seed_*/result.json"))
+    dirs = sorted(p.parent for p in (root / "one").glob("*/*/result.json"))
     assert len(dirs) == 7  # + 2 dense runs and the converged one
     for run_dir in dirs:
         twin = root / "two" / run_dir.relative_to(root / "one")
@@ -97,7 +97,11 @@ def test_a_rerun_reads_the_runs_back_without_training(runs, monkeypatch):
 
     monkeypatch.setattr(engine.Engine, "loop", no_training)
     monkeypatch.setattr(engine, "begin", no_training)
+    before = {p: p.stat().st_mtime_ns for p in (root / "one").rglob("result.json")}
+    assert len(before) == 7
     again = study(root / "one")
+    # no run's process ran again either (the sweeps skip finished points)
+    assert {p: p.stat().st_mtime_ns for p in (root / "one").rglob("result.json")} == before
     assert json.dumps(again["summary"]) == json.dumps(results["summary"])  # NaN-safe
     assert again["runs"] == results["runs"]
 
