@@ -8,8 +8,11 @@ the dense accuracy only when reset to a step from which they are stable. This st
 barrier (several pairs per k: mean ± std and 95% Student-t interval) of the dense Conv-2 and of the
 IMP subnetwork at ~20% of weights remaining (the mask of an IMP search trained exactly like this
 study), both from one dense run, and sets it beside the test accuracy of IMP tickets reset to the
-same k (`lottery imp --seeds 0,1,2` searches) at the same round. Writes results.json, table.md and
-stability.png under --out; a killed run resumes, and a rerun reads everything back.
+same k (`lottery imp --seeds 0,1,2` searches, or the sweeps of experiments/conv_tickets) at the
+same round. The two instability studies are one sweep of `lottery instability` from the shared
+dense run (OUT/instability/mask=.../), on any executor (`--executor local|ray|slurm`). Writes
+results.json, table.md and stability.png under --out; a killed run resumes, and a rerun reads
+everything back.
 
     python -m experiments.stability      # needs the searches under checkpoints/conv_tickets
     python -m experiments.stability --quick --search Q/seed_0 --tickets 0=Q --out OUT
@@ -34,19 +37,22 @@ from lottery import (
     FolderInUseError,
     HelpFormatter,
     Mask,
+    Sweep,
+    SweepOptions,
     TrainConfig,
     check_same_settings,
     check_writable,
     default_pairs,
     hold,
-    instability_sweep,
     layout,
     parse_ints,
     plots,
     read_json,
     records,
+    run_sweep,
     stat_text,
     summarize,
+    sweep_summary,
     train_dense,
     write_bytes_atomic,
     write_json,
@@ -59,7 +65,7 @@ FULL = {"model": "conv2", "train_limit": 5000, "val_size": 1000, "test_limit": 1
         "eval_every": 25}  # fmt: skip
 QUICK = {"model": "lenet_300_100", "train_limit": 600, "val_size": 200, "test_limit": 500,
          "steps": 40, "eval_every": 20}  # fmt: skip
-SEARCH = Path("checkpoints/conv_tickets/rewind_10/seed_0")
+SEARCH = Path("checkpoints/conv_tickets/rewind_10/seed=0")
 TICKETS = "0=checkpoints/conv_tickets/reset_init,10=checkpoints/conv_tickets/rewind_10"
 METRIC = "test_acc_best_val_pct"  # early stopping at min. validation loss (Frankle & Carbin 2019)
 NETWORKS = ("dense", "subnetwork")
@@ -278,42 +284,45 @@ def study(args: argparse.Namespace) -> dict:
         check_tickets(cfg, tickets, steps)
     check_writable(args.out, "--out")
     progress = not args.no_progress
-    with hold(args.out):
-        dense_run = args.out / layout.DENSE  # the one dense run both sweeps start from
-        train_dense(cfg, steps, dense_run, progress=progress)
-        sweeps = {
-            name: instability_sweep(
-                cfg,
-                steps,
-                args.out / f"instability_{name}",
-                dense=dense_run,
-                seeds=pairs,
-                mask=mask if name == "subnetwork" else None,
-                points=args.points,
-                progress=progress,
-            )
-            for name in (NETWORKS[:1] if args.dense_only else NETWORKS)
-        }
-        if args.dense_only:
-            return sweeps
-        results = {
-            "settings": {
-                "config": cfg.to_dict(),
-                "steps": steps,
-                "pairs": len(pairs),
-                "seed_pairs": [list(p) for p in pairs],
-                "points": args.points,
-                "subnetwork": {
-                    "search": str(args.search),
-                    "round": r,
-                    "density": mask.density(),
-                    "target_density": args.density,
-                },
-                "tickets": {str(k): str(p) for k, p in tickets.items()},
+    dense_run = args.out / layout.DENSE  # the one dense run both studies start from
+    train_dense(cfg, steps, dense_run, progress=progress)
+    masks = (
+        [None] if args.dense_only else [None, str(layout.round_dir(args.search, r) / layout.MASK)]
+    )
+    sweep = Sweep(
+        "instability",
+        {"dense": str(dense_run), "start_steps": steps, "pairs": len(pairs), "points": args.points},
+        {"mask": masks},
+    )
+    result = run_sweep(sweep, args.out / "instability", args.executor,
+                       SweepOptions(workers=args.workers), progress=progress)  # fmt: skip
+    if not result.complete:
+        raise ConfigError(sweep_summary(result))
+    sweeps = {
+        name: read_json(args.out / "instability" / point.name / layout.INSTABILITY)
+        for name, point in zip(NETWORKS, result.points, strict=False)
+    }
+    if args.dense_only:
+        return sweeps
+    results = {
+        "settings": {
+            "config": cfg.to_dict(),
+            "steps": steps,
+            "pairs": len(pairs),
+            "seed_pairs": [list(p) for p in pairs],
+            "points": args.points,
+            "subnetwork": {
+                "search": str(args.search),
+                "round": r,
+                "density": mask.density(),
+                "target_density": args.density,
             },
-            **sweeps,
-            "tickets": {str(k): ticket_accuracy(p, r) for k, p in sorted(tickets.items())},
-        }
+            "tickets": {str(k): str(p) for k, p in tickets.items()},
+        },
+        **sweeps,
+        "tickets": {str(k): ticket_accuracy(p, r) for k, p in sorted(tickets.items())},
+    }
+    with hold(args.out):
         write_json(results, args.out / "results.json")
         write_bytes_atomic((table(results) + "\n").encode(), args.out / "table.md")
         plots.save(figure(results), args.out / "stability.png")
@@ -345,6 +354,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train the dense run and its sweep only (while the search is still pruning)",
     )
     p.add_argument("--data-root", default=None)
+    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--workers", type=int, default=None, help="local: instability runs at once")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
         "--quick",
@@ -369,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stability: error: {e}", file=sys.stderr)
         return 2
     if args.dense_only:
-        print(f"dense sweep: {args.out / 'instability_dense'}; rerun without --dense-only")
+        print(f"dense study: {args.out / 'instability' / 'mask=None'}; rerun without --dense-only")
         return 0
     print(table(results))
     print(f"\nresults: {args.out / 'results.json'}; table.md; figure: stability.png")
