@@ -45,6 +45,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="CPU threads per point (default: what the point's network needs, see docs/sweeps.md)",
     )
     g.add_argument("--per-gpu", type=int, default=1, help="workers per visible GPU")
+    g.add_argument(
+        "--batched",
+        action="store_true",
+        help="points that differ only by seed (imp, prune, at-init) train as one stacked model "
+        "on one worker (results equal separate runs to float tolerance; for GPUs)",
+    )
     g = p.add_argument_group("ray executor (pip install 'lottery[ray]')")
     g.add_argument(
         "--address",
@@ -87,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     sweep = read_sweep(args.file)
     out = args.out or Path("checkpoints/sweeps") / Path(args.file).stem
     options = Options(
-        workers=args.workers, threads=args.threads, per_gpu=args.per_gpu, gpus=args.gpus,
+        workers=args.workers, threads=args.threads, per_gpu=args.per_gpu, batched=args.batched,
+        gpus=args.gpus,
         address=args.address, partition=args.partition, time=args.time,
         gpus_per_task=args.gpus_per_task, cpus_per_task=args.cpus_per_task, mem=args.mem,
         array_parallelism=args.array_parallelism,

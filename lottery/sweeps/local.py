@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lottery.core.config import ConfigError
-from lottery.sweeps.plan import Point
-from lottery.sweeps.points import Outcome, run_point
+from lottery.sweeps.plan import SEED, Point
+from lottery.sweeps.points import Outcome, run_points
 
 if TYPE_CHECKING:
     from lottery.sweeps.run import Options
@@ -117,40 +117,64 @@ def execute(
 ) -> list[Outcome]:
     """Run `points` on this machine, split as `choose_split` decides (and says)."""
     split = choose_split(command, points, options.workers, options.threads, options.per_gpu)
+    units = cohorts(out, command, points) if options.batched else [[p] for p in points]
+    stacked = sum(len(u) > 1 for u in units)
     log.info(
         f"sweep: local, {len(split.slots)} worker(s) × {split.threads} thread(s) ({split.why})"
+        + (f"; {stacked} cohort(s) of seeds stacked" if stacked else "")
     )
-    return run_local(out, command, points, split, on_done)
+    return run_local(out, command, units, split, on_done)
+
+
+# Commands that train several seeds as one stacked model (`--seeds ... --batched`).
+BATCHABLE = ("imp", "prune", "at-init")
+
+
+def cohorts(out: Path, command: str, points: list[Point]) -> list[list[Point]]:
+    """`points` as units of work: those that differ only by `seed` (and have no folder yet, so
+    nothing is left to resume) grouped into one stacked run each; every other point alone."""
+    if command not in BATCHABLE:
+        return [[p] for p in points]
+    groups: dict[str, list[Point]] = {}
+    for p in points:
+        if SEED not in p.varying or (Path(out) / p.name).exists():
+            groups[p.name] = [p]
+        else:
+            key = repr(sorted((k, str(v)) for k, v in p.varying.items() if k != SEED))
+            groups.setdefault(key, []).append(p)
+    return list(groups.values())
 
 
 def run_local(
     out: Path,
     command: str,
-    points: list[Point],
+    units: list[list[Point]],
     split: Split,
     on_done: Callable[[Outcome], None],
 ) -> list[Outcome]:
-    """Run `points` on the split's worker slots; `on_done` sees each outcome as it ends."""
+    """Run each unit (one point, or a cohort of points stacked as one run) on the split's worker
+    slots; `on_done` sees each point's outcome as its unit ends."""
     slots: queue.Queue[dict[str, str]] = queue.Queue()
     for slot in split.slots:
         slots.put(slot)
 
-    def one(point: Point) -> Outcome:
+    def one(unit: list[Point]) -> list[Outcome]:
         env = slots.get()
         try:
-            return run_point(out, command, point, split.threads, env)
+            return run_points(out, command, unit, split.threads, env)
         finally:
             slots.put(env)
 
     outcomes = []
     with ThreadPoolExecutor(len(split.slots)) as pool:
-        pending = {pool.submit(one, p) for p in points}
+        pending = {pool.submit(one, u) for u in units}
         try:
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    outcomes.append(f.result())
-                    on_done(outcomes[-1])
+                    for outcome in f.result():
+                        outcomes.append(outcome)
+                        on_done(outcome)
         except BaseException:  # Ctrl-C: the points' processes get the signal too; queue no more
             for f in pending:
                 f.cancel()

@@ -11,6 +11,7 @@ sweep writes anything, so a value the command would refuse stops the sweep at on
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -134,10 +135,18 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+MAX_NAME = 120  # characters of a point's folder name; longer ones end in a hash of the whole
+
+
 def point_name(varying: Mapping[str, Any]) -> str:
     """`key=value,key=value` over the varying settings sorted by key (so reordering the file keeps
-    the names); characters a shell or filesystem would trip on become `_`."""
-    return ",".join(f"{k}={_UNSAFE.sub('_', _text(varying[k]))}" for k in sorted(varying))
+    the names); characters a shell or filesystem would trip on become `_`, and a name past
+    MAX_NAME characters keeps its start and ends in a hash of the whole, so it stays unique."""
+    name = ",".join(f"{k}={_UNSAFE.sub('_', _text(varying[k]))}" for k in sorted(varying))
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    return f"{name[: MAX_NAME - 13]}~{digest}"
 
 
 def read_sweep(path: str | Path) -> Sweep:

@@ -25,7 +25,7 @@ from typing import Any
 from lottery.core import layout
 from lottery.core.config import ConfigError
 from lottery.core.storage import lock_holder, provenance, read_json, write_json
-from lottery.sweeps.plan import Point, Sweep
+from lottery.sweeps.plan import SEED, Point, Sweep, point_name
 
 # A point's states, as `lottery sweep status` prints them.
 DONE, RUNNING, FAILED, QUEUED, INTERRUPTED, PENDING = (
@@ -97,7 +97,8 @@ def point_state(out: Path, name: str) -> tuple[str, dict[str, Any]]:
     failed as its last attempt ended; queued while an executor job waits for it; interrupted when
     an attempt started and its process is gone (rerunning resumes it); else pending."""
     status = read_status(out, name)
-    if lock_holder(Path(out) / name / layout.LOCK) is not None:
+    folder = Path(out) / status.get("cohort", name)  # a cohort's member: the stacked run's folder
+    if lock_holder(folder / layout.LOCK) is not None:
         return RUNNING, status
     state = status.get("state", PENDING)
     return (INTERRUPTED if state == RUNNING else state), status
@@ -138,29 +139,57 @@ def run_point(
     job: dict[str, Any] | None = None,
 ) -> Outcome:
     """Run one point to its end (resuming what an earlier attempt left) in a child process."""
+    return run_points(out, command, [point], threads, env, job)[0]
+
+
+COHORTS = ".cohorts"  # in a sweep folder: the stacked runs of `--batched` sweeps
+
+
+def cohort(points: list[Point]) -> Point:
+    """The one run that trains `points` (which differ only by `seed`) as one stacked model:
+    `--seeds S1,S2,... --batched`, in SWEEP/.cohorts/NAME/seed_<s>/."""
+    shared = {k: v for k, v in points[0].varying.items() if k != SEED}
+    seeds = [p.settings[SEED] for p in points]
+    settings = {k: v for k, v in points[0].settings.items() if k != SEED}
+    name = point_name({**shared, SEED: seeds})
+    return Point(f"{COHORTS}/{name}", {**settings, "seeds": seeds, "batched": True}, {})
+
+
+def run_points(
+    out: str | Path,
+    command: str,
+    points: list[Point],
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+    job: dict[str, Any] | None = None,
+) -> list[Outcome]:
+    """Run one point, or several that differ only by `seed` as one stacked run (`cohort`), each
+    point's folder then a link to its seed's folder in the cohort's."""
     out = Path(out)
-    folder = out / point.name
     where = socket.gethostname() + (f" ({job['node']})" if job and job.get("node") else "")
-    who = lock_holder(folder / layout.LOCK)
-    if who is not None:
-        return Outcome(point.name, BUSY, detail=who, where=where)
-    argv = point_argv(command, point, out, threads)
-    attempts = read_status(out, point.name).get("attempts", 0) + 1
+    run = points[0] if len(points) == 1 else cohort(points)
+    for folder in {out / run.name, *(out / p.name for p in points)}:
+        who = lock_holder(folder / layout.LOCK)
+        if who is not None:
+            return [Outcome(p.name, BUSY, detail=who, where=where) for p in points]
+    argv = point_argv(command, run, out, threads)
     started = time.time()
-    write_status(
-        out, point.name, state=RUNNING, attempts=attempts, started=started, host=where,
-        argv=argv[1:], **({"job": job} if job else {}),
-    )  # fmt: skip
-    log = log_path(out, point.name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    child_env = {
-        **os.environ,
-        **(env or {}),
-        layout.SWEEP_ENV: str(out.resolve()),
-    }  # trackers group by it
+    log = log_path(out, run.name)
+    attempts = 0
+    for p in points:
+        attempts = read_status(out, p.name).get("attempts", 0) + 1
+        write_status(
+            out, p.name, state=RUNNING, attempts=attempts, started=started, host=where,
+            argv=argv[1:], **({"job": job} if job else {}),
+            **({"cohort": run.name} if run.name != p.name else {}),
+        )  # fmt: skip
+        if p.name != run.name:  # a member of a cohort: its log says where the output goes
+            with _opened(log_path(out, p.name)) as f:
+                f.write(f"=== attempt {attempts}: trained in the cohort {run.name}, log {log}\n")
+    child_env = {**os.environ, **(env or {}), layout.SWEEP_ENV: str(out.resolve())}
     if threads is not None:  # no thread pool larger than the point's share of the cores
         child_env.setdefault("OMP_NUM_THREADS", str(threads))
-    with log.open("a") as f:
+    with _opened(log) as f:
         f.write(f"=== attempt {attempts} on {where} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         f.write(" ".join(argv[1:]) + "\n")
         f.flush()
@@ -170,11 +199,23 @@ def run_point(
         )  # fmt: skip
     seconds = round(time.time() - started, 3)
     if proc.returncode == 2 and "is being written by" in _tail(log):
-        write_status(out, point.name, state=PENDING, exit=2)
-        return Outcome(point.name, BUSY, 2, detail="taken by another process", where=where)
+        for p in points:
+            write_status(out, p.name, state=PENDING, exit=2)
+        return [Outcome(p.name, BUSY, 2, "taken by another process", where) for p in points]
     state = DONE if proc.returncode == 0 else FAILED
-    write_status(out, point.name, state=state, exit=proc.returncode, seconds=seconds)
-    return Outcome(point.name, state, proc.returncode, detail=str(log), where=where)
+    outcomes = []
+    for p in points:
+        if state == DONE and p.name != run.name and not os.path.lexists(out / p.name):
+            seed_folder = layout.seed_dir(out / run.name, p.settings[SEED])
+            (out / p.name).symlink_to(seed_folder.relative_to(out), target_is_directory=True)
+        write_status(out, p.name, state=state, exit=proc.returncode, seconds=seconds)
+        outcomes.append(Outcome(p.name, state, proc.returncode, detail=str(log), where=where))
+    return outcomes
+
+
+def _opened(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.open("a")
 
 
 def _tail(path: Path, size: int = 4096) -> str:

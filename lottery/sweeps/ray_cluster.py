@@ -36,6 +36,8 @@ def _ray():
 def check(options: Options, points: list[Point]) -> None:
     """Ray is installed, the resources asked for make sense, and `--address` answers."""
     _ray()
+    if options.batched:
+        raise ConfigError("--batched stacks cohorts on the local executor only")
     if options.gpus < 0:
         raise ConfigError(f"--gpus must be >= 0, got {options.gpus}")
     if options.threads is not None and options.threads < 1:

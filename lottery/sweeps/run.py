@@ -56,6 +56,7 @@ class Options:
     workers: int | None = None  # local: worker processes
     threads: int | None = None  # CPU threads per point
     per_gpu: int = 1  # local: workers per visible GPU
+    batched: bool = False  # local: points that differ only by seed train as one stacked model
     gpus: float = 0  # ray: GPUs a point reserves (fractions share one)
     address: str | None = None  # ray: auto or HOST:PORT; None starts a local cluster
     partition: str | None = None  # slurm

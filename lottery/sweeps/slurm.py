@@ -64,6 +64,8 @@ def _slurm(*argv: str) -> str:
 def check(options: Options, points: list[Point]) -> None:
     """submitit is installed, Slurm answers, and the partition and resources make sense."""
     _submitit()
+    if options.batched:
+        raise ConfigError("--batched stacks cohorts on the local executor only")
     partitions = {p.strip().rstrip("*") for p in _slurm("sinfo", "-h", "-o", "%P").split()}
     if options.partition is not None and options.partition not in partitions:
         raise ConfigError(

@@ -20,6 +20,7 @@ from lottery.analysis.aggregate import summarize
 from lottery.cli.main import main
 from lottery.core import layout
 from lottery.core.storage import load_checkpoint, read_json
+from lottery.pruning.masks import load_sparse
 from lottery.sweeps.plan import Sweep, read_sweep
 from lottery.sweeps.points import status_rows
 from lottery.training.runfolder import hold
@@ -84,6 +85,17 @@ def test_points_are_named_from_what_varies_and_stable_under_reordering():
     point = next(p for p in zipped.points() if p.name == "reset=rewind,rewind_step=50,seed=2")
     argv = point.argv(Path("X"))
     assert argv[argv.index("--init-seed") + 1] == argv[argv.index("--data-seed") + 1] == "2"
+
+
+def test_a_long_or_unsafe_value_gives_a_short_safe_unique_name():
+    from lottery.sweeps.plan import MAX_NAME, point_name
+
+    assert point_name({"mask": "/runs/a b/round_01/mask.npz"}) == "mask=_runs_a_b_round_01_mask.npz"
+    long = [point_name({"mask": f"/{'x' * 300}/{i}.npz"}) for i in range(2)]
+    assert all(len(n) == MAX_NAME for n in long) and long[0] != long[1]
+    assert point_name({"controls": ["random-reinit", "random-prune"], "flag": True}) == (
+        "controls=random-reinit+random-prune,flag=true"
+    )
 
 
 def test_yaml_and_json_sweeps_read_the_same(tmp_path):
@@ -333,6 +345,7 @@ EXECUTOR_REFUSALS = {
         ["--executor", "ray", "--address", "nowhere"], {}, "ray", "expected auto or HOST:PORT"),
     "no slurm on this machine": (
         ["--executor", "slurm"], {}, "submitit", "no Slurm on this machine (sinfo not found)"),
+    "cohorts on ray": (["--executor", "ray", "--batched"], {}, "ray", "local executor only"),
 }  # fmt: skip
 
 
@@ -352,3 +365,40 @@ def test_an_executor_that_cannot_run_is_one_line_exit_2_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_batched_points_that_differ_by_seed_train_as_one_stacked_run(tmp_path, capsys):
+    """--batched: the seeds of each setting train as one stacked model (`imp --seeds --batched`),
+    each point's folder a link to its seed's folder; the results equal separate runs to float
+    tolerance."""
+    sweep = write_sweep(tmp_path / "s.json", grid={"seed": [0, 1], "reset": ["init", "rewind"]})
+    stacked, alone = tmp_path / "stacked", tmp_path / "alone"
+    assert main(["sweep", str(sweep), "--out", str(stacked), "--batched", "--threads", "1"]) == 0
+    assert main(["sweep", str(sweep), "--out", str(alone), "--threads", "1"]) == 0
+    assert "4 of 4 points done" in capsys.readouterr().out
+    rows = status_rows(stacked)
+    assert {r["state"] for r in rows} == {"done"} and len(rows) == 4
+    cohorts = sorted(p.name for p in (stacked / ".cohorts").iterdir())
+    assert cohorts == ["reset=init,seed=0+1", "reset=rewind,seed=0+1"]
+    for reset in ("init", "rewind"):
+        for seed in (0, 1):
+            point = stacked / f"reset={reset},seed={seed}"
+            assert point.is_symlink()
+            assert (
+                point.resolve()
+                == (stacked / ".cohorts" / f"reset={reset},seed=0+1" / f"seed_{seed}").resolve()
+            )
+            a = read_json(point / layout.SUMMARY)["rounds"]
+            b = read_json(alone / point.name / layout.SUMMARY)["rounds"]
+            assert [r["density"] for r in a] == [r["density"] for r in b]
+            for x, y in zip(a, b, strict=True):
+                assert x["test_accuracy"] == pytest.approx(y["test_accuracy"], abs=0.01)
+            wa, _ = load_sparse(point / "round_01" / layout.TICKET / layout.WEIGHTS)
+            wb, _ = load_sparse(alone / point.name / "round_01" / layout.TICKET / layout.WEIGHTS)
+            assert wa.keys() == wb.keys()
+            for name, t in wa.items():
+                assert torch.allclose(t, wb[name], atol=1e-4), name
+    # a rerun finds every point done, and the report reads the linked folders
+    assert main(["sweep", str(sweep), "--out", str(stacked), "--batched"]) == 0
+    assert "(4 before this run)" in capsys.readouterr().out
+    assert main(["report", str(stacked)]) == 0
