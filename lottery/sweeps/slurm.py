@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -88,7 +89,12 @@ class PointTask:
 
     def __call__(self) -> Outcome:
         job = {"executor": "slurm", "id": _job_id()}
-        return run_point(self.out, self.command, self.point, self.threads, job=job)
+        outcome = run_point(self.out, self.command, self.point, self.threads, job=job)
+        if outcome.exit == -signal.SIGTERM:
+            # Slurm is stopping this job (requeue, preemption, time limit, scancel): end with no
+            # result, so a requeued job's next start resumes the point and reports it
+            os.kill(os.getpid(), signal.SIGKILL)
+        return outcome
 
     def checkpoint(self, *args, **kwargs):
         return _submitit().helpers.DelayedSubmission(self, *args, **kwargs)
@@ -107,6 +113,23 @@ def _live_jobs(ids: list[str]) -> set[str]:
         "squeue", "-h", "-r", "-o", "%i", "-j", ",".join(sorted({i.split("_")[0] for i in ids}))
     )
     return set(text.split()) & set(ids)
+
+
+def _ended(out: Path, job, point: Point, may_go_on: bool) -> Outcome | None:
+    """A task's outcome once it has one: what the point returned, a failure it raised, or (when
+    it may not go on: Slurm dropped it twice in a row without a result) cancelled or killed."""
+    if job.paths.result_pickle.exists():
+        kind, value = _submitit().core.utils.pickle_load(job.paths.result_pickle)
+        if kind == "success":
+            return value
+        reason = " ".join(str(value).split())[-200:]
+    elif may_go_on:
+        return None
+    else:
+        reason = "ended without a result: cancelled, or killed"
+    write_status(out, point.name, state=FAILED, exit=None)
+    detail = f"{log_path(out, point.name)} (slurm job {job.job_id}: {reason})"
+    return Outcome(point.name, FAILED, None, detail=detail)
 
 
 def execute(
@@ -147,18 +170,16 @@ def execute(
         write_status(out, p.name, state=QUEUED, job={"executor": "slurm", "id": job.job_id})
     log.info(f"sweep: slurm, job array {jobs[0].job_id.split('_')[0]} of {len(jobs)} task(s)")
     waiting = dict(zip(jobs, points, strict=True))
+    gone: set[str] = set()  # tasks Slurm no longer has, without a result yet (seen once)
     while waiting:
-        for job in [j for j in waiting if j.done()]:
-            point = waiting.pop(job)
-            try:
-                outcome = job.result()
-            except Exception as e:  # cancelled, killed or failed outside the point's command
-                reason = " ".join(str(e).split())[:200]
-                write_status(out, point.name, state=FAILED, exit=None)
-                outcome = Outcome(
-                    point.name, FAILED, None,
-                    detail=f"{log_path(out, point.name)} (slurm job {job.job_id}: {reason})",
-                )  # fmt: skip
+        live = _live_jobs([j.job_id for j in waiting])  # before the results: no race with an exit
+        for job in list(waiting):
+            outcome = _ended(out, job, waiting[job], job.job_id in live or job.job_id not in gone)
+            if outcome is None:
+                if job.job_id not in live:
+                    gone.add(job.job_id)
+                continue
+            del waiting[job]
             outcomes.append(outcome)
             on_done(outcome)
         if waiting:

@@ -15,6 +15,21 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.slow
 
 
+def test_without_an_address_the_sweep_starts_ray_here_for_its_duration(
+    tmp_path, capsys, monkeypatch
+):
+    """Runs before the module's cluster exists: no Ray runs here, and none is named."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    sweep = write_sweep(tmp_path / "s.json", grid={"seed": [0, 1]})
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--out", str(out), "--executor", "ray"]) == 0
+    assert "2 of 2 points done" in capsys.readouterr().out
+    jobs = [read_json(out / layout.SWEEP_STATUS / f"seed={s}.json")["job"] for s in (0, 1)]
+    assert {j["executor"] for j in jobs} == {"ray"}
+    assert not ray.is_initialized()  # the instance it started is gone with the sweep
+
+
 @pytest.fixture(scope="module")
 def cluster():
     from ray.cluster_utils import Cluster

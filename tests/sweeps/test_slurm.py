@@ -150,3 +150,38 @@ def test_a_task_cancelled_with_scancel_is_finished_by_rerunning_the_sweep(slurm,
     whole = tmp_path / "whole"
     assert main(["sweep", str(sweep), "--out", str(whole), "--threads", "1"]) == 0
     assert files(out / "seed=0") == files(whole / "seed=0")
+
+
+def test_a_requeued_task_resumes_its_point_from_its_last_checkpoint(slurm, tmp_path, capsys):
+    """What Slurm does to a preempted job (scontrol requeue): the task starts again and its point
+    resumes where its last checkpoint left it; the sweep ends done, equal to an uncut run."""
+    sweep = write_sweep(tmp_path / "s.json", grid={"seed": [0]}, steps=3000, eval_every=1000,
+                        checkpoint_every=20)  # fmt: skip
+    out = tmp_path / "out"
+    argv = ["sweep", str(sweep), "--out", str(out), "--executor", "slurm", "--time", "10"]
+    driver = subprocess.Popen([sys.executable, "-m", "lottery", *argv], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    last = out / "seed=0" / "round_00" / layout.TICKET / layout.CHECKPOINTS / layout.LAST
+    deadline = time.time() + 180
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert last.exists(), driver.communicate()[0] if driver.poll() is not None else "no checkpoint"
+    job = status_rows(out)[0]["job"]
+    subprocess.run(["scontrol", "requeue", job], check=True)
+    # Slurm holds a requeued job back for two minutes; let it start again at once
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-o", "%T", "-j", job], capture_output=True, text=True
+        )
+        if state.stdout.strip() == "PENDING":
+            break
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    text, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 0 and "1 of 1 points done" in text, text
+    log = (out / layout.SWEEP_LOGS / "seed=0.log").read_text()
+    assert log.count("=== attempt") == 2 and "resuming from step" in log.split("=== attempt 2")[1]
+    whole = tmp_path / "whole"
+    assert main(["sweep", str(sweep), "--out", str(whole), "--threads", "1"]) == 0
+    assert files(out / "seed=0") == files(whole / "seed=0")
