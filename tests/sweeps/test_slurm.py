@@ -126,35 +126,9 @@ def test_a_sweep_runs_as_a_slurm_job_array_and_equals_the_local_executor(slurm, 
         assert files(out / p) == files(local / p)
 
 
-def test_a_task_cancelled_with_scancel_is_finished_by_rerunning_the_sweep(slurm, tmp_path, capsys):
-    sweep = write_sweep(tmp_path / "s.json", grid={"seed": [0]}, steps=3000, eval_every=1000,
-                        checkpoint_every=20)  # fmt: skip
-    out = tmp_path / "out"
-    argv = ["sweep", str(sweep), "--out", str(out), "--executor", "slurm", "--time", "10"]
-    env = {**os.environ}
-    driver = subprocess.Popen([sys.executable, "-m", "lottery", *argv], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    last = out / "seed=0" / "round_00" / layout.TICKET / layout.CHECKPOINTS / layout.LAST
-    deadline = time.time() + 180
-    while not last.exists() and time.time() < deadline:
-        time.sleep(0.1)
-    assert last.exists(), driver.communicate()[0] if driver.poll() is not None else "no checkpoint"
-    job = status_rows(out)[0]["job"]
-    subprocess.run(["scancel", job.split("_")[0]], check=True)
-    text, _ = driver.communicate(timeout=120)
-    assert driver.returncode == 4 and "failed: seed=0" in text, text
-    assert main(argv) == 0
-    assert "1 of 1 points done" in capsys.readouterr().out
-    log = (out / layout.SWEEP_LOGS / "seed=0.log").read_text()
-    assert log.count("=== attempt") == 2 and "resuming from step" in log.split("=== attempt 2")[1]
-    whole = tmp_path / "whole"
-    assert main(["sweep", str(sweep), "--out", str(whole), "--threads", "1"]) == 0
-    assert files(out / "seed=0") == files(whole / "seed=0")
-
-
-def test_a_requeued_task_resumes_its_point_from_its_last_checkpoint(slurm, tmp_path, capsys):
-    """What Slurm does to a preempted job (scontrol requeue): the task starts again and its point
-    resumes where its last checkpoint left it; the sweep ends done, equal to an uncut run."""
+def start_long_sweep(tmp_path) -> tuple[Path, list[str], subprocess.Popen, str]:
+    """A one-point Slurm sweep started in a driver process, returned once its point has a
+    checkpoint: (sweep file, argv, driver, the point's Slurm job id)."""
     sweep = write_sweep(tmp_path / "s.json", grid={"seed": [0]}, steps=3000, eval_every=1000,
                         checkpoint_every=20)  # fmt: skip
     out = tmp_path / "out"
@@ -166,7 +140,33 @@ def test_a_requeued_task_resumes_its_point_from_its_last_checkpoint(slurm, tmp_p
     while not last.exists() and time.time() < deadline:
         time.sleep(0.1)
     assert last.exists(), driver.communicate()[0] if driver.poll() is not None else "no checkpoint"
-    job = status_rows(out)[0]["job"]
+    return sweep, argv, driver, status_rows(out)[0]["job"]
+
+
+def finished_like_an_uncut_run(tmp_path, sweep: Path) -> None:
+    """The point's second attempt resumed from a checkpoint, and it equals an uncut sweep's."""
+    out = tmp_path / "out"
+    log = (out / layout.SWEEP_LOGS / "seed=0.log").read_text()
+    assert log.count("=== attempt") == 2 and "resuming from step" in log.split("=== attempt 2")[1]
+    whole = tmp_path / "whole"
+    assert main(["sweep", str(sweep), "--out", str(whole), "--threads", "1"]) == 0
+    assert files(out / "seed=0") == files(whole / "seed=0")
+
+
+def test_a_task_cancelled_with_scancel_is_finished_by_rerunning_the_sweep(slurm, tmp_path, capsys):
+    sweep, argv, driver, job = start_long_sweep(tmp_path)
+    subprocess.run(["scancel", job.split("_")[0]], check=True)
+    text, _ = driver.communicate(timeout=120)
+    assert driver.returncode == 4 and "failed: seed=0" in text, text
+    assert main(argv) == 0
+    assert "1 of 1 points done" in capsys.readouterr().out
+    finished_like_an_uncut_run(tmp_path, sweep)
+
+
+def test_a_requeued_task_resumes_its_point_from_its_last_checkpoint(slurm, tmp_path):
+    """What Slurm does to a preempted job (scontrol requeue): the task starts again and its point
+    resumes where its last checkpoint left it; the sweep ends done, equal to an uncut run."""
+    sweep, _, driver, job = start_long_sweep(tmp_path)
     subprocess.run(["scontrol", "requeue", job], check=True)
     # Slurm holds a requeued job back for two minutes; let it start again at once
     deadline = time.time() + 60
@@ -180,8 +180,4 @@ def test_a_requeued_task_resumes_its_point_from_its_last_checkpoint(slurm, tmp_p
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     text, _ = driver.communicate(timeout=300)
     assert driver.returncode == 0 and "1 of 1 points done" in text, text
-    log = (out / layout.SWEEP_LOGS / "seed=0.log").read_text()
-    assert log.count("=== attempt") == 2 and "resuming from step" in log.split("=== attempt 2")[1]
-    whole = tmp_path / "whole"
-    assert main(["sweep", str(sweep), "--out", str(whole), "--threads", "1"]) == 0
-    assert files(out / "seed=0") == files(whole / "seed=0")
+    finished_like_an_uncut_run(tmp_path, sweep)

@@ -171,6 +171,7 @@ def test_executor_options_the_machine_cannot_give_are_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_of_another_sweep_is_refused(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["sweep", str(write_sweep(tmp_path / "a.json")), "--out", str(out)]) == 0
@@ -272,6 +273,7 @@ def test_a_failing_point_is_reported_with_its_log_and_the_others_finish(
     assert "1 done, 1 failed of 2 points" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_point_another_process_holds_is_left_to_it(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "s.json")
     out = tmp_path / "out"
@@ -367,6 +369,7 @@ def test_an_executor_that_cannot_run_is_one_line_exit_2_and_writes_nothing(
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_batched_points_that_differ_by_seed_train_as_one_stacked_run(tmp_path, capsys):
     """--batched: the seeds of each setting train as one stacked model (`imp --seeds --batched`),
     each point's folder a link to its seed's folder; the results equal separate runs to float
