@@ -26,6 +26,7 @@ PRUNING_LOG = "pruning.jsonl"  # a gradual-pruning run's mask updates
 LOCK = ".lock"  # held by the one process that writes the folder
 TENSORBOARD = "tensorboard"  # optional event files (--tensorboard)
 TRACKER_IDS = "trackers.json"  # the W&B and MLflow run ids of a run (--track), kept for resume
+MLFLOW_LOCK = ".mlflow.lock"  # in a sweep (or run) folder: one MLflow experiment made at a time
 
 # An IMP search.
 IMP_RECORD = "imp.json"  # the search's full configuration

@@ -143,9 +143,7 @@ class MlflowTracker:
         self.client = self.client_class(tracking_uri=uri)
         self.run_id = _ids(self.dir).get("mlflow")
         if self.run_id is None:
-            experiment = group or "lottery"
-            found = self.client.get_experiment_by_name(experiment)
-            exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+            exp_id = self._experiment(group or "lottery", home)
             tags = {"mlflow.runName": name, **({"lottery.sweep": group} if group else {})}
             self.run_id = self.client.create_run(exp_id, tags=tags).info.run_id
             for k, v in self.config.items():
@@ -153,6 +151,18 @@ class MlflowTracker:
                     self.run_id, k, json.dumps(v) if not isinstance(v, str) else v
                 )
             _keep_id(self.dir, "mlflow", self.run_id)
+
+    def _experiment(self, name: str, home: Path) -> str:
+        """The id of experiment `name`, created if missing. The points of a sweep start side by
+        side, so the look-up and creation hold a lock in the sweep folder: a file store would
+        otherwise create the experiment twice."""
+        import fcntl
+
+        home.mkdir(parents=True, exist_ok=True)
+        with (home / layout.MLFLOW_LOCK).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            found = self.client.get_experiment_by_name(name)
+            return found.experiment_id if found else self.client.create_experiment(name)
 
     def log(self, step: int, scalars: dict[str, float | None]) -> None:
         from mlflow.entities import Metric
