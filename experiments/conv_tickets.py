@@ -30,6 +30,9 @@ from pathlib import Path
 import pandas as pd
 
 from lottery import (
+    EXECUTORS,
+    EXIT_INCOMPLETE,
+    IncompleteSweep,
     Sweep,
     SweepOptions,
     TrainConfig,
@@ -40,7 +43,6 @@ from lottery import (
     run_sweep,
     search_rounds,
     stat_text,
-    sweep_summary,
     write_json,
 )
 
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-limit", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run (recorded)")
-    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--workers", type=int, default=None, help="local: runs at once (default: cores)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     p.add_argument("--data-root", default=None)
@@ -178,11 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     options = SweepOptions(workers=args.workers)
     for name, sweep in searches(args).items():
         if args.only is None or name.startswith(args.only):
-            result = run_sweep(sweep, args.out / name, args.executor, options,
-                               progress=not args.no_progress)  # fmt: skip
-            if not result.complete:
-                print(sweep_summary(result), file=sys.stderr)
-                return 4
+            try:
+                run_sweep(sweep, args.out / name, args.executor, options,
+                          progress=not args.no_progress).require_complete()  # fmt: skip
+            except IncompleteSweep as e:
+                print(e, file=sys.stderr)
+                return EXIT_INCOMPLETE
     if args.only is not None:
         return 0
     rows = records(args)

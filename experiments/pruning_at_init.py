@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 from lottery import AT_INIT_CONTROLS as CONTROLS
 from lottery import AT_INIT_PRUNED as PRUNED
 from lottery import (
+    EXECUTORS,
+    EXIT_INCOMPLETE,
+    IncompleteSweep,
     Sweep,
     SweepOptions,
     TrainConfig,
@@ -40,7 +44,6 @@ from lottery import (
     read_json,
     run_length,
     run_sweep,
-    sweep_summary,
     write_json,
 )
 
@@ -110,8 +113,7 @@ def study(model: str, args: argparse.Namespace, out: Path) -> dict:
     for name, sweep in sweeps(model, args).items():
         result = run_sweep(sweep, out / model / name, args.executor,
                            SweepOptions(workers=args.workers), progress=not args.quiet)  # fmt: skip
-        if not result.complete:
-            raise SystemExit(f"pruning_at_init: {sweep_summary(result)}")
+        result.require_complete()
         folders[name] = {p.name: out / model / name / p.name for p in result.points}
     criteria = {
         c: at_init_summaries(folders["at_init"][point_name({"criterion": c})])
@@ -200,7 +202,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--imp-fraction", type=float, default=0.2, help="IMP's per-round pruning fraction"
     )
     p.add_argument("--batched", action="store_true", help="stack each sparsity's networks")
-    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--workers", type=int, default=None, help="local: points at once")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-root", default=None)
@@ -212,7 +214,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0 = time.perf_counter()
-    all_results = {model: study(model, args, args.out) for model in args.models}
+    try:
+        all_results = {model: study(model, args, args.out) for model in args.models}
+    except IncompleteSweep as e:  # a run failed: its log is named
+        print(e, file=sys.stderr)
+        return EXIT_INCOMPLETE
     md = "\n\n".join(table(m, r, args.sparsities) for m, r in all_results.items())
     seconds = time.perf_counter() - t0
     write_json(

@@ -34,8 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lottery import (
+    EXECUTORS,
+    EXIT_INCOMPLETE,
     ConfigError,
     GradualRun,
+    IncompleteSweep,
     Mask,
     PruningSettings,
     Schedule,
@@ -54,7 +57,6 @@ from lottery import (
     run_length,
     run_sweep,
     summarize,
-    sweep_summary,
     train_gradual,
     write_json,
 )
@@ -247,9 +249,7 @@ def train(
         train_gradual(runs, settings(budget), data, batched=True, progress=progress, lock=out)
     else:
         for name, sweep in study.items():
-            result = run_sweep(sweep, out / name, executor, options, progress=progress)
-            if not result.complete:
-                raise ConfigError(sweep_summary(result))
+            run_sweep(sweep, out / name, executor, options, progress=progress).require_complete()
     rows = []
     for p in planned:
         folder = out / p.sweep / p.point
@@ -455,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--jobs", type=int, default=1, help="local: worker processes (runs at once)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads per run")
-    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="where the runs go (see docs/sweeps.md)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--schedules", default=None, help="comma-separated subset of the labels")
@@ -492,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"schedule_budget: error: {e}", file=sys.stderr)
         return 2
+    except IncompleteSweep as e:  # a run failed: its log is named
+        print(e, file=sys.stderr)
+        return EXIT_INCOMPLETE
 
 
 def study(args: argparse.Namespace) -> int:

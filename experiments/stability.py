@@ -31,11 +31,14 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from lottery import (
+    EXECUTORS,
+    EXIT_INCOMPLETE,
     MIN_POINTS,
     NON_RESULT_FIELDS,
     ConfigError,
     FolderInUseError,
     HelpFormatter,
+    IncompleteSweep,
     Mask,
     Sweep,
     SweepOptions,
@@ -52,7 +55,6 @@ from lottery import (
     run_sweep,
     stat_text,
     summarize,
-    sweep_summary,
     train_dense,
     write_bytes_atomic,
     write_json,
@@ -295,9 +297,7 @@ def study(args: argparse.Namespace) -> dict:
         {"mask": masks},
     )
     result = run_sweep(sweep, args.out / "instability", args.executor,
-                       SweepOptions(workers=args.workers), progress=progress)  # fmt: skip
-    if not result.complete:
-        raise ConfigError(sweep_summary(result))
+                       SweepOptions(workers=args.workers), progress=progress).require_complete()  # fmt: skip
     sweeps = {
         name: read_json(args.out / "instability" / point.name / layout.INSTABILITY)
         for name, point in zip(NETWORKS, result.points, strict=False)
@@ -354,7 +354,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train the dense run and its sweep only (while the search is still pruning)",
     )
     p.add_argument("--data-root", default=None)
-    p.add_argument("--executor", choices=("local", "ray", "slurm"), default="local")
+    p.add_argument("--executor", choices=EXECUTORS, default="local")
     p.add_argument("--workers", type=int, default=None, help="local: instability runs at once")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument(
@@ -379,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FolderInUseError) as e:
         print(f"stability: error: {e}", file=sys.stderr)
         return 2
+    except IncompleteSweep as e:  # a run failed: its log is named
+        print(e, file=sys.stderr)
+        return EXIT_INCOMPLETE
     if args.dense_only:
         print(f"dense study: {args.out / 'instability' / 'mask=None'}; rerun without --dense-only")
         return 0

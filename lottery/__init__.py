@@ -119,7 +119,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "read_sweep": ("lottery.sweeps.plan", "read_sweep"),
     "point_name": ("lottery.sweeps.plan", "point_name"),
     "run_sweep": ("lottery.sweeps.run", "run_sweep"),
-    "sweep_summary": ("lottery.sweeps.run", "summary"),
+    "IncompleteSweep": ("lottery.sweeps.run", "IncompleteSweep"),
+    "EXIT_INCOMPLETE": ("lottery.sweeps.run", "EXIT_INCOMPLETE"),
     "sweep_status": ("lottery.sweeps.points", "status_rows"),
 }
 

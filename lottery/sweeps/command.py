@@ -7,9 +7,7 @@ import sys
 from pathlib import Path
 
 from lottery.cli.main import add_progress_flag, command_help, show_progress
-
-EXIT_INCOMPLETE = 4  # some points are not done (failed, busy elsewhere, or not yet run)
-EXECUTOR_NAMES = ("local", "ray", "slurm")
+from lottery.sweeps.run import EXECUTORS, EXIT_INCOMPLETE
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="sweep folder (default checkpoints/sweeps/FILE's stem)",
     )
-    p.add_argument("--executor", choices=EXECUTOR_NAMES, default="local", help="where points run")
+    p.add_argument("--executor", choices=EXECUTORS, default="local", help="where points run")
     p.add_argument("--retries", type=int, default=0, help="tries more for a point that fails")
     g = p.add_argument_group("local executor")
     g.add_argument(
@@ -88,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dir is not None:
         raise ConfigError(f"unexpected {args.dir} after the sweep file (give the folder as --out)")
     from lottery.sweeps.plan import read_sweep
-    from lottery.sweeps.run import Options, run_sweep, summary
+    from lottery.sweeps.run import Options, run_sweep
 
     sweep = read_sweep(args.file)
     out = args.out or Path("checkpoints/sweeps") / Path(args.file).stem
@@ -109,6 +107,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print(summary(result))
+    print(result.summary())
     print(f"status: lottery sweep status {out}")
     return 0 if result.complete else EXIT_INCOMPLETE

@@ -14,14 +14,11 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lottery.core.config import ConfigError
 from lottery.sweeps.plan import SEED, Point
 from lottery.sweeps.points import Outcome, run_points
-
-if TYPE_CHECKING:
-    from lottery.sweeps.run import Options
+from lottery.sweeps.run import Executor, Options
 
 log = logging.getLogger("lottery.sweep")
 
@@ -180,3 +177,6 @@ def run_local(
                 f.cancel()
             raise
     return outcomes
+
+
+EXECUTOR = Executor(check, execute)

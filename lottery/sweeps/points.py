@@ -82,14 +82,13 @@ def record_plan(out: Path, sweep: Sweep, points: list[Point]) -> None:
         write_json(record, path)
 
 
-def planned_points(out: Path) -> tuple[str, list[Point]]:
-    """The command and every point recorded in a sweep folder."""
+def planned_points(out: Path) -> list[Point]:
+    """Every point recorded in a sweep folder."""
     path = Path(out) / layout.SWEEP_PLAN
     if not path.is_file():
         raise ConfigError(f"{out} is not a sweep folder (no {layout.SWEEP_PLAN})")
     plan = read_json(path)
-    points = [Point(p["name"], p["settings"], p["varying"]) for p in plan["points"]]
-    return plan["sweep"]["command"], points
+    return [Point(p["name"], p["settings"], p["varying"]) for p in plan["points"]]
 
 
 def point_state(out: Path, name: str) -> tuple[str, dict[str, Any]]:
@@ -112,7 +111,6 @@ class Outcome:
     state: str
     exit: int | None = None
     detail: str = ""  # the holder of a busy point, or where a failed point's log is
-    where: str = ""  # the host (and executor node) that ran it
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -171,7 +169,7 @@ def run_points(
     for folder in {out / run.name, *(out / p.name for p in points)}:
         who = lock_holder(folder / layout.LOCK)
         if who is not None:
-            return [Outcome(p.name, BUSY, detail=who, where=where) for p in points]
+            return [Outcome(p.name, BUSY, detail=who) for p in points]
     argv = point_argv(command, run, out, threads)
     started = time.time()
     log = log_path(out, run.name)
@@ -201,7 +199,7 @@ def run_points(
     if proc.returncode == 2 and "is being written by" in _tail(log):
         for p in points:
             write_status(out, p.name, state=PENDING, exit=2)
-        return [Outcome(p.name, BUSY, 2, "taken by another process", where) for p in points]
+        return [Outcome(p.name, BUSY, 2, "taken by another process") for p in points]
     state = DONE if proc.returncode == 0 else FAILED
     outcomes = []
     for p in points:
@@ -209,7 +207,7 @@ def run_points(
             seed_folder = layout.seed_dir(out / run.name, p.settings[SEED])
             (out / p.name).symlink_to(seed_folder.relative_to(out), target_is_directory=True)
         write_status(out, p.name, state=state, exit=proc.returncode, seconds=seconds)
-        outcomes.append(Outcome(p.name, state, proc.returncode, detail=str(log), where=where))
+        outcomes.append(Outcome(p.name, state, proc.returncode, detail=str(log)))
     return outcomes
 
 
@@ -227,7 +225,7 @@ def _tail(path: Path, size: int = 4096) -> str:
 def status_rows(out: str | Path) -> list[dict[str, Any]]:
     """One row per planned point: name, state, attempts, seconds, exit, executor job, log."""
     out = Path(out)
-    _, points = planned_points(out)
+    points = planned_points(out)
     rows = []
     for p in points:
         state, status = point_state(out, p.name)

@@ -12,14 +12,11 @@ import logging
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lottery.core.config import ConfigError
 from lottery.sweeps.plan import Point
 from lottery.sweeps.points import Outcome, run_point
-
-if TYPE_CHECKING:
-    from lottery.sweeps.run import Options
+from lottery.sweeps.run import Executor, Options
 
 log = logging.getLogger("lottery.sweep")
 CURRENT_CLUSTER = Path("/tmp/ray/ray_current_cluster")  # where `ray start` records its address
@@ -110,3 +107,6 @@ def execute(
         if started:
             ray.shutdown()
     return outcomes
+
+
+EXECUTOR = Executor(check, execute)

@@ -29,24 +29,33 @@ from lottery.sweeps.points import (
 
 log = logging.getLogger("lottery.sweep")
 
-# Executor name -> "module:function" that runs points: fn(out, command, points, options, on_done).
+EXIT_INCOMPLETE = 4  # a sweep's exit status when some points are not done
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where a sweep's points run: `check(options, points)` refuses what cannot run (before
+    anything is written); `execute(out, command, points, options, on_done)` runs them, calling
+    `on_done(outcome)` as each point ends."""
+
+    check: Callable[..., None]
+    execute: Callable[..., list[Outcome]]
+
+
+# Executor name -> its Executor, each in its own module (loaded on first use).
 EXECUTORS: Registry = Registry(
     "executor",
     {
-        "local": "lottery.sweeps.local:execute",
-        "ray": "lottery.sweeps.ray_cluster:execute",
-        "slurm": "lottery.sweeps.slurm:execute",
+        "local": "lottery.sweeps.local:EXECUTOR",
+        "ray": "lottery.sweeps.ray_cluster:EXECUTOR",
+        "slurm": "lottery.sweeps.slurm:EXECUTOR",
     },
 )
-# Each executor's checks of its options and extra, run before anything is written.
-CHECKS: Registry = Registry(
-    "executor check",
-    {
-        "local": "lottery.sweeps.local:check",
-        "ray": "lottery.sweeps.ray_cluster:check",
-        "slurm": "lottery.sweeps.slurm:check",
-    },
-)
+
+
+class IncompleteSweep(RuntimeError):
+    """Some points of a sweep are not done (failed, or run by another process); the message is
+    the sweep's summary, naming each with its log."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,24 @@ class SweepResult:
     def complete(self) -> bool:
         return not self.failed and not self.busy
 
+    def summary(self) -> str:
+        """What a sweep run says at its end: counts, then every point that is not done."""
+        done = len(self.done_before) + sum(o.state == DONE for o in self.outcomes.values())
+        lines = [
+            f"sweep {self.out}: {done} of {len(self.points)} points done"
+            + (f" ({len(self.done_before)} before this run)" if self.done_before else "")
+        ]
+        lines += [f"  failed: {o.name} (exit {o.exit}); log: {o.detail}" for o in self.failed]
+        lines += [f"  busy: {o.name} is being run by {o.detail}" for o in self.busy]
+        return "\n".join(lines)
+
+    def require_complete(self) -> SweepResult:
+        """This result, or IncompleteSweep when some point is not done (for scripts that go on
+        to read every point)."""
+        if not self.complete:
+            raise IncompleteSweep(self.summary())
+        return self
+
 
 def prepare(
     sweep: Sweep, out: str | Path, executor: str = "local", options: Options | None = None
@@ -105,7 +132,7 @@ def prepare(
     check_plan(out, sweep)
     todo = [p for p in points if point_state(out, p.name)[0] != DONE]
     check_points(sweep, todo, out)  # a finished point passed them when it ran
-    CHECKS[executor](options or Options(), todo)
+    EXECUTORS[executor].check(options or Options(), todo)
     return points, todo
 
 
@@ -144,7 +171,7 @@ def run_sweep(
                 if o.state == FAILED:
                     log.info(f"sweep: {o.name} failed (exit {o.exit}); its log: {o.detail}")
 
-            EXECUTORS[executor](out, sweep.command, todo, options, done)
+            EXECUTORS[executor].execute(out, sweep.command, todo, options, done)
             todo = [p for p in todo if result.outcomes[p.name].state == FAILED]
     finally:
         bar(None)
@@ -165,16 +192,3 @@ def _bar(total: int, show: bool) -> Callable[[Outcome | None], None]:
             bar.update(1)
 
     return update
-
-
-def summary(result: SweepResult) -> str:
-    """What a sweep run says at its end: counts, then every point that is not done."""
-    ran = result.outcomes.values()
-    done = len(result.done_before) + sum(o.state == DONE for o in ran)
-    lines = [
-        f"sweep {result.out}: {done} of {len(result.points)} points done"
-        + (f" ({len(result.done_before)} before this run)" if result.done_before else "")
-    ]
-    lines += [f"  failed: {o.name} (exit {o.exit}); log: {o.detail}" for o in result.failed]
-    lines += [f"  busy: {o.name} is being run by {o.detail}" for o in result.busy]
-    return "\n".join(lines)

@@ -17,7 +17,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lottery.core.config import ConfigError
 from lottery.sweeps.plan import Point
@@ -31,9 +30,7 @@ from lottery.sweeps.points import (
     run_point,
     write_status,
 )
-
-if TYPE_CHECKING:
-    from lottery.sweeps.run import Options
+from lottery.sweeps.run import Executor, Options
 
 log = logging.getLogger("lottery.sweep")
 SLURM_LOGS = "slurm"  # submitit's folder of job scripts and Slurm's output, in the sweep folder
@@ -185,3 +182,6 @@ def execute(
         if waiting:
             time.sleep(POLL_SECONDS)
     return outcomes
+
+
+EXECUTOR = Executor(check, execute)
