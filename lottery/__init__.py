@@ -58,6 +58,12 @@ _API: dict[str, tuple[str, str | None]] = {
     "random_mask_like": ("lottery.pruning.selection", "random_mask_like"),
     "save_sparse": ("lottery.pruning.masks", "save_sparse"),
     "GradualPruner": ("lottery.pruning.pruner", "GradualPruner"),
+    "ALLOCATIONS": ("lottery.pruning.names", "ALLOCATIONS"),
+    "layer_counts": ("lottery.pruning.allocation", "layer_counts"),
+    "layer_densities": ("lottery.pruning.allocation", "layer_densities"),
+    "grow": ("lottery.pruning.selection", "grow"),
+    "DynamicSparsity": ("lottery.pruning.dst", "DynamicSparsity"),
+    "drop_fraction": ("lottery.pruning.dst", "drop_fraction"),
     "run_length": ("lottery.training.run", "run_length"),
     "Schedule": ("lottery.pruning.schedules", "Schedule"),
     # training

@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 from lottery import __version__
 from lottery.core.config import ConfigError, TrainConfig, field_value
 from lottery.datasets import DATASETS
-from lottery.pruning.names import CRITERIA
+from lottery.pruning.names import ALLOCATIONS, CRITERIA, SCOPES
 from lottery.registry import Registry
 
 
@@ -167,6 +167,34 @@ def add_mask_args(
         default=criterion,
         help="a registered criterion, or package.module:function for your own",
     )
+
+
+def add_allocation_args(g: argparse._ArgumentGroup, default: str) -> None:
+    """--scope and --allocation: two names for how a sparsity is spread over the layers."""
+    g.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default=None,
+        help=f"one threshold over all layers (global), each layer alike (layer), or by shape "
+        f"(erk, er); default {default}",
+    )
+    g.add_argument(
+        "--allocation",
+        choices=ALLOCATIONS,
+        default=None,
+        help="the same in the words of Evci et al. (ICML 2020): uniform (= --scope layer), "
+        "global, erk (Erdős-Rényi-kernel) or er (Erdős-Rényi)",
+    )
+
+
+def scope_from_args(args: argparse.Namespace, default: str) -> str:
+    """The mask-engine scope that --scope or --allocation names (`default` if neither does)."""
+    allocated = ALLOCATIONS[args.allocation] if args.allocation is not None else None
+    if args.scope is not None and allocated is not None and args.scope != allocated:
+        raise ConfigError(
+            f"--scope {args.scope} and --allocation {args.allocation} disagree; give one"
+        )
+    return args.scope or allocated or default
 
 
 def parse_floats(text: str) -> tuple[float, ...]:

@@ -166,6 +166,23 @@ def movement_pruning(ctx: Context, gen: torch.Generator | None = None) -> Scores
     return {n: ctx.movement[n].to(w.device) for n, w in ctx.weights.items()}
 
 
+def lamp(ctx: Context, gen: torch.Generator | None = None) -> Scores:
+    """LAMP (Lee, Park, Mo, Ahn & Shin, ICLR 2021): with a layer's surviving weights sorted by
+    |w| ascending, the u-th scores w_u² / Σ_{v ≥ u} w_v², in float64. Scores are comparable
+    across layers, so global pruning by them adapts each layer's rate, and every layer keeps its
+    largest weight (score 1). Pruned weights score 0; ties in |w| are ordered by position."""
+    out = {}
+    for n, w in ctx.masked(ctx.weights).items():
+        flat = w.reshape(-1).double().square()
+        order = torch.argsort(flat, stable=True)
+        sorted_sq = flat[order]
+        tail = sorted_sq.flip(0).cumsum(0).flip(0)  # Σ_{v ≥ u} w_v² in sorted order
+        scores = torch.zeros_like(flat)
+        scores[order] = torch.where(tail > 0, sorted_sq / tail, torch.zeros_like(tail))
+        out[n] = scores.view(w.shape)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Gradient criteria at initialisation: SNIP, GraSP, SynFlow.
 

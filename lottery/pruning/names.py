@@ -16,7 +16,15 @@ from lottery.core.config import ConfigError
 from lottery.registry import Registry, path_of
 
 GRANULARITIES = ("weight", "filter", "channel")
-SCOPES = ("global", "layer")
+# How a sparsity is spread over layers: one threshold over all, the same in each, or by shape
+# (ERK and ER, `lottery.pruning.allocation`).
+SCOPES = ("global", "layer", "erk", "er")
+# --allocation's names for them (Evci et al., ICML 2020 call the per-layer one "uniform").
+ALLOCATIONS = {"uniform": "layer", "global": "global", "erk": "erk", "er": "er"}
+# Dynamic sparse training (`lottery.pruning.dst`): its methods, α (Evci et al., ICML 2020; ζ of
+# Mocanu et al. 2018) and T_end as a fraction of training (Evci et al. 2020).
+DST_METHODS = ("set", "rigl")
+DROP_FRACTION, DST_END = 0.3, 0.75
 
 # Context fields a criterion may need, as an error message names them.
 NEEDS = {
@@ -54,6 +62,7 @@ CRITERIA: Registry = Registry(
         "grasp": _builtin("grasp", "model", "batches"),
         "synflow": _builtin("synflow", "model", "input_shape", "sparsity"),
         "movement-pruning": _builtin("movement_pruning", "movement"),
+        "lamp": _builtin("lamp"),
     },
 )
 

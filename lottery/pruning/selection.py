@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from lottery.pruning.allocation import SHAPED, layer_counts
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask
 from lottery.pruning.names import GRANULARITIES, SCOPES
@@ -190,7 +191,9 @@ def prune(
 
     Give either `fraction` (prune round(fraction * remaining), per layer when scope='layer') or
     `sparsity` (a target fraction pruned of each layer / of all layers; already-pruned weights
-    count, and a target below the current sparsity prunes nothing). `rate_scale` multiplies the
+    count, and a target below the current sparsity prunes nothing). Scopes 'erk' and 'er' spread
+    the overall target over the layers by shape (`lottery.pruning.allocation`), each layer then
+    keeping exactly its count of its highest scores. `rate_scale` multiplies the
     rate of named layers, which are then pruned on their own (the LTH prunes the output layer at
     half the rate, 0 leaves a layer unpruned); the other layers share one threshold under
     scope='global'.
@@ -235,11 +238,30 @@ def prune(
             return (total - remaining) + round(r * remaining)
         return max(total - remaining, round(r * total))
 
-    if scope == "global":
+    new_keep: dict[str, torch.Tensor] = {}
+    if scope in SHAPED:
+        if not weightwise or nm is not None:
+            raise MaskError(
+                f"{scope.upper()} allocation prunes single weights, not {granularity!r}"
+            )
+        if any(v != 0.0 for v in rate_scale.values()):
+            raise MaskError(
+                f"{scope.upper()} allocation sets every layer's rate; a rate scale can only be "
+                "0 (the layer left dense)"
+            )
+        shaped = [n for n in keep if n not in rate_scale]
+        total = sum(keep[n].numel() for n in shaped)
+        kept = sum(int(keep[n].sum()) for n in shaped)
+        target = sparsity if sparsity is not None else 1.0 - (1.0 - rate) * kept / max(1, total)
+        shapes = {n: tuple(keep[n].shape) for n in shaped}
+        for n, count in layer_counts(shapes, 1.0 - target, scope).items():
+            after = max(keep[n].numel() - count, keep[n].numel() - int(keep[n].sum()))
+            new_keep.update(_select({n: units[n]}, keep, after))
+        groups = [[n] for n in rate_scale]
+    elif scope == "global":
         groups = [[n for n in keep if n not in rate_scale]] + [[n] for n in rate_scale]
     else:
         groups = [[n] for n in keep]
-    new_keep: dict[str, torch.Tensor] = {}
     for group in groups:
         if not group:
             continue
@@ -255,6 +277,25 @@ def prune(
         if not weightwise:
             m = _expand_units(m, old.shape, granularity) & old.to(m.device)
         out[n] = m.to(old.device)
+    return Mask(out)
+
+
+def grow(mask: Mask, scores: dict[str, torch.Tensor], counts: dict[str, int]) -> Mask:
+    """`mask` with the `counts[n]` highest-scoring pruned entries of each tensor n kept again (ties:
+    the earlier position): the mask engine's one non-nested update, the growing half of dynamic
+    sparse training (`lottery.pruning.dst`)."""
+    out = {}
+    for n, keep in mask.tensors.items():
+        k = counts.get(n, 0)
+        free = keep.numel() - int(keep.sum())
+        if not 0 <= k <= free:
+            raise MaskError(f"cannot grow {k} weights in {n!r}, which has {free} pruned")
+        flat = keep.reshape(-1)
+        s = ranked(scores[n]).reshape(-1).to(flat.device).masked_fill(flat, -math.inf)
+        order = torch.sort(s, descending=True, stable=True).indices[:k]
+        new = flat.clone()
+        new[order] = True
+        out[n] = new.view(keep.shape)
     return Mask(out)
 
 

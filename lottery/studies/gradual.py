@@ -1,4 +1,5 @@
-"""Gradual-pruning runs: train while a schedule grows the sparsity, one run or many batched.
+"""Gradual-pruning runs: train while a schedule grows the sparsity, one run or many batched;
+and dynamic sparse training (SET, RigL), which moves weights at a constant sparsity instead.
 
 A gradual run's folder is a training run's (`lottery.training.run`) plus pruning.jsonl (every mask update)
 and, once finished, mask.npz and weights.npz (the final mask and sparse weights). Runs that share
@@ -23,8 +24,9 @@ from lottery.datasets.loading import Splits
 from lottery.models.registry import conv_weight_names
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import training_batches
+from lottery.pruning.dst import DynamicSparsity
 from lottery.pruning.masks import Mask
-from lottery.pruning.names import criterion_name
+from lottery.pruning.names import DROP_FRACTION, DST_END, DST_METHODS, criterion_name
 from lottery.pruning.pruner import GradualPruner
 from lottery.pruning.schedules import Schedule
 from lottery.studies.names import LAYERS
@@ -49,11 +51,28 @@ class PruningSettings:
     rate_scale: dict[str, float] = field(default_factory=dict)
     seed: int = 0
     layers: str = "all"
+    dst: str | None = None  # "set" or "rigl": move weights at a constant sparsity instead
+    dst_end: float = DST_END
+    drop_fraction: float = DROP_FRACTION
 
     def __post_init__(self) -> None:
         self.criterion = criterion_name(self.criterion)
         if self.layers not in LAYERS:
             raise ConfigError(f"unknown pruned layers {self.layers!r}; choose from {LAYERS}")
+        if self.dst is None:
+            return
+        if self.dst not in DST_METHODS:
+            raise ConfigError(f"unknown --dst {self.dst!r}; choose from {DST_METHODS}")
+        if self.criterion != "magnitude":
+            raise ConfigError(
+                f"--dst {self.dst} drops by magnitude and grows by its own rule; "
+                f"--criterion {self.criterion} does not apply"
+            )
+        if self.granularity != "weight" or self.rate_scale:
+            raise ConfigError(
+                f"--dst {self.dst} moves single weights within every pruned layer; "
+                "drop --granularity and --rate-scale"
+            )
 
 
 @dataclass
@@ -74,6 +93,8 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
     model = run.model if run.model is not None else make_model(run.cfg, data)
     if run.schedule is None:
         return RunSpec(run.cfg, Path(run.out), model, record=run.record)
+    if settings.dst is not None:
+        return sparse_training_spec(run, settings, data, model)
     top = max(run.schedule.initial_sparsity, run.schedule.final_sparsity)
     check_rate_scale(settings.rate_scale, model, top)
     mask, layers = None, {}
@@ -113,6 +134,53 @@ def pruned_spec(run: GradualRun, settings: PruningSettings, data: Splits) -> Run
     # "layers" is recorded only when not "all", so runs recorded before it existed still resume
     cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": {**pruner.settings(), **layers}})
     finish = Finish(keep_checkpoint=True, mask_file=True)  # the final mask and sparse weights
+    return RunSpec(
+        cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner, finish=finish
+    )
+
+
+def sparse_training_spec(
+    run: GradualRun, settings: PruningSettings, data: Splits, model: nn.Module
+) -> RunSpec:
+    """The engine's run for dynamic sparse training: the schedule's sparsity held from step 0."""
+    schedule = run.schedule
+    assert schedule is not None
+    total, per_epoch = run_length(run.cfg, data)
+    if schedule.at_step(0, total, per_epoch) != schedule.final_sparsity:
+        raise ConfigError(
+            f"--dst {settings.dst} holds its sparsity from step 0; the {schedule.name} schedule "
+            "would also prune during training (use --schedule one-shot --start 0, the default "
+            "with --dst)"
+        )
+    mask = None
+    if settings.layers == "conv":
+        names = conv_weight_names(model)
+        if not names:
+            raise ConfigError(f"layers='conv': {run.cfg.model} has no convolution weights")
+        mask = Mask.ones(model, names)
+    check_prune(
+        model,
+        rate=schedule.final_sparsity,
+        scope=settings.scope,
+        granularity="weight",
+        rate_scale={},
+        names=mask.names() if mask is not None else None,
+    )
+    pruner = DynamicSparsity(
+        settings.dst,
+        schedule.final_sparsity,
+        total,
+        every=settings.every,
+        end=settings.dst_end,
+        alpha=settings.drop_fraction,
+        allocation=settings.scope,
+        seed=settings.seed,
+        log_path=Path(run.out) / layout.PRUNING_LOG,
+    )
+    recorded = {"schedule": schedule.to_dict(), **pruner.settings()}
+    recorded |= {"layers": "conv"} if mask is not None else {}
+    cfg = run.cfg.replace(extra={**run.cfg.extra, "pruning": recorded})
+    finish = Finish(keep_checkpoint=True, mask_file=True)
     return RunSpec(
         cfg, Path(run.out), model, mask=mask, record=run.record, pruner=pruner, finish=finish
     )

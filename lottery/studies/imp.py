@@ -25,6 +25,7 @@ from lottery.core.storage import read_json, write_json
 from lottery.datasets.loading import Splits
 from lottery.models import recipe
 from lottery.models.registry import output_layer_name, prunable_names
+from lottery.pruning.allocation import SHAPED
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
 from lottery.pruning.maskfile import MaskError
@@ -156,6 +157,8 @@ def _resolved(imp: IMPConfig, model_name: str, model) -> IMPConfig:
     rate_scale = imp.rate_scale
     if rate_scale is None:  # the paper's output-layer rate gives way to keeping every class
         rate_scale = {**d["rate_scale"], **keep_classes({}, model, imp.granularity)}
+        if imp.scope in SHAPED:  # the allocation sets every layer's rate; unpruned stay so
+            rate_scale = {n: m for n, m in rate_scale.items() if m == 0.0}
     return dataclasses.replace(
         imp,
         fraction=imp.fraction if imp.fraction is not None else d["fraction"],

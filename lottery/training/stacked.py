@@ -125,8 +125,10 @@ class SingleCopy:
         return self.model
 
     def set_mask(self, i: int, mask: Mask) -> None:
-        self.runs[0].mask = mask
-        mask.apply_(self.model, self.optimizer)
+        """Give the run a new mask: zero its pruned weights and their optimizer state, and those
+        of weights it grows (dynamic sparse training), which start at zero with fresh state."""
+        old, self.runs[0].mask = self.runs[0].mask, mask
+        (mask if old is None else mask & old).apply_(self.model, self.optimizer)
         self.refresh_masks()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> list[tuple[float, float]]:
@@ -249,10 +251,13 @@ class StackedCopies:
 
     @torch.no_grad()
     def set_mask(self, i: int, mask: Mask) -> None:
-        """Give copy i a new mask: zero its pruned weights and their optimizer state."""
-        self.runs[i].mask = mask
+        """Give copy i a new mask: zero its pruned weights and their optimizer state, and those
+        of weights it grows (dynamic sparse training), which start at zero with fresh state."""
+        old, self.runs[i].mask = self.runs[i].mask, mask
         for n, keep in mask.tensors.items():
             p = self.params[n]
+            if old is not None:
+                keep = keep & old.tensors[n].to(keep.device)
             p[i].mul_(keep.to(p.dtype))
             for v in self.optimizer.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape:

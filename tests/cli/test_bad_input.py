@@ -60,6 +60,24 @@ CASES = {
         ["instability", *RUN, "--start-steps", "0", "--width", "0"], "width must be"),
     "finetune LR without finetuning": (
         ["imp", *RUN, "--finetune-lr", "0.1"], "--finetune-lr applies to --reset finetune"),
+    "dst with a schedule that prunes": (
+        ["prune", *RUN, *PRUNE, "--dst", "rigl"], "the agp schedule would also prune"),
+    "dst with another criterion": (
+        ["prune", *RUN, "--final-sparsity", "0.5", "--dst", "set", "--criterion", "snip"],
+        "--criterion snip does not apply"),
+    "dst with filters": (
+        ["prune", *RUN, "--final-sparsity", "0.5", "--dst", "set", "--granularity", "filter"],
+        "moves single weights"),
+    "dst end outside training": (
+        ["prune", *RUN, "--final-sparsity", "0.5", "--dst", "set", "--dst-end", "1.5"],
+        "--dst-end must be"),
+    "unknown allocation": (
+        ["at-init", *RUN, "--allocation", "nosuch"], "invalid choice: 'nosuch'"),
+    "scope and allocation disagree": (
+        ["at-init", *RUN, "--allocation", "erk", "--scope", "layer"], "disagree"),
+    "erk with filters": (
+        ["at-init", *RUN, "--allocation", "erk", "--granularity", "filter"],
+        "prunes single weights"),
 }  # fmt: skip
 
 

@@ -45,7 +45,7 @@ def test_every_command_help_imports_nothing_heavy():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = {name: " ".join(p.format_help().split()) for name, p in sub.choices.items()}
     assert all(name in text["train"] for name in lottery.DATASETS)
-    usable_at_init = "{grasp,large_final,magnitude,random,small_final,snip,synflow}"
+    usable_at_init = "{grasp,lamp,large_final,magnitude,random,small_final,snip,synflow}"
     assert f"--criterion {usable_at_init}" in text["at-init"]  # none needing θ0 or movement
     assert all(name in text["imp"] for name in [*lottery.CRITERIA, "random-reinit", "lr-rewind"])
     assert "--as {compact,sparse,2:4,dense}" in text["export"]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 
 from lottery.cli.main import (
+    add_allocation_args,
     add_mask_args,
     add_train_args,
     config_from_args,
     parse_ints,
     parse_scales,
+    scope_from_args,
     show_progress,
 )
 from lottery.core import layout
-from lottery.pruning.names import SCOPES, usable
+from lottery.pruning.names import usable
 from lottery.studies.names import AT_INIT_CONTEXT, AT_INIT_CONTROLS
 
 
@@ -33,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=(0.5, 0.8, 0.9, 0.95, 0.98),
         help="comma-separated sparsities in [0, 1) (default 0.5,0.8,0.9,0.95,0.98)",
     )
-    g.add_argument("--scope", choices=SCOPES, default="global", help="global as the papers do")
+    add_allocation_args(g, "global, as the papers prune")
     add_mask_args(g, usable(AT_INIT_CONTEXT), "snip")
     g.add_argument(
         "--rate-scale",
@@ -75,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     settings = AtInitConfig(
         criterion=args.criterion,
         sparsities=args.sparsities,
-        scope=args.scope,
+        scope=scope_from_args(args, "global"),
         granularity=args.granularity,
         rate_scale=args.rate_scale,
         controls=controls,

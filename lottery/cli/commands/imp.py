@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from lottery.cli.main import (
+    add_allocation_args,
     add_batch_args,
     add_mask_args,
     add_train_args,
@@ -12,9 +13,9 @@ from lottery.cli.main import (
     config_from_args,
     parse_ints,
     parse_scales,
+    scope_from_args,
     show_progress,
 )
-from lottery.pruning.names import SCOPES
 from lottery.studies.names import IMP_CONTROLS, RESETS
 
 
@@ -28,9 +29,7 @@ def add_pruning_args(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
         default=None,
         help="fraction of the remaining weights pruned per round (default 0.2)",
     )
-    g.add_argument(
-        "--scope", choices=SCOPES, default=None, help="one threshold over all layers, or per layer"
-    )
+    add_allocation_args(g, "the model's paper default")
     g.add_argument(
         "--rate-scale",
         type=parse_scales,
@@ -58,7 +57,7 @@ def pruning_settings(args: argparse.Namespace) -> dict:
     return {
         "rounds": args.rounds,
         "fraction": args.prune_fraction,
-        "scope": args.scope,
+        "scope": scope_from_args(args, None),
         "rate_scale": args.rate_scale,
         "granularity": args.granularity,
         "criterion": args.criterion,

@@ -1,4 +1,5 @@
-"""`lottery prune`: train while a pruning schedule grows the sparsity (gradual pruning)."""
+"""`lottery prune`: train while a pruning schedule grows the sparsity (gradual pruning), or while
+SET or RigL move weights at a constant sparsity (dynamic sparse training)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ from pathlib import Path
 
 from lottery.cli.commands.schedule import add_schedule_args, schedules_from_args
 from lottery.cli.main import (
+    add_allocation_args,
     add_batch_args,
     add_mask_args,
     add_train_args,
     command_help,
     config_from_args,
     parse_scales,
+    scope_from_args,
     show_progress,
 )
 from lottery.core import layout
 from lottery.core.config import ConfigError, check_seeds
-from lottery.pruning.names import SCOPES
+from lottery.pruning.names import DROP_FRACTION, DST_END, DST_METHODS
 from lottery.pruning.schedules import SCHEDULES
 from lottery.studies.names import LAYERS
 
@@ -32,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_train_args(p, "checkpoints/prune")
     p.add_argument(
         "--schedule",
-        default="one-cycle",
-        help=f"one of {', '.join(SCHEDULES)}, or module:function",
+        default=None,
+        help=f"one of {', '.join(SCHEDULES)}, or module:function (default one-cycle; one-shot "
+        "at step 0 with --dst)",
     )
     add_schedule_args(p, ("fraction", "epoch", "step"))
     g = p.add_argument_group("mask updates")
@@ -42,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="100",
         help="mask update frequency: a number of steps, or 'epoch' (default 100)",
     )
-    g.add_argument("--scope", choices=SCOPES, default="layer", help="per layer, or one threshold")
+    add_allocation_args(g, "uniform (erk with --dst)")
     add_mask_args(g)
     g.add_argument(
         "--rate-scale",
@@ -58,6 +62,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--prune-seed", type=int, default=0, help="seed of random scoring and scoring batches"
+    )
+    d = p.add_argument_group("dynamic sparse training")
+    d.add_argument(
+        "--dst",
+        choices=DST_METHODS,
+        default=None,
+        help="keep --final-sparsity from step 0 and move weights every --update-every steps: "
+        "drop the smallest, grow at random (set; Mocanu et al. 2018) or by gradient (rigl; Evci "
+        "et al. 2020)",
+    )
+    d.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=DROP_FRACTION,
+        help=f"α: fraction of kept weights moved at step 0, cosine-annealed to 0 at --dst-end "
+        f"(default {DROP_FRACTION})",
+    )
+    d.add_argument(
+        "--dst-end",
+        type=float,
+        default=DST_END,
+        help=f"T_end: the last mask move, as a fraction of training (default {DST_END})",
     )
     add_batch_args(p, "run")
     p.set_defaults(func=run)
@@ -84,17 +110,22 @@ def run(args: argparse.Namespace) -> int:
     from lottery.training.setup import load_data
 
     cfg = config_from_args(args)
-    (schedule,) = schedules_from_args([args.schedule], args)
+    name = args.schedule or ("one-shot" if args.dst else "one-cycle")
+    (schedule,) = schedules_from_args([name], args)
+    scope = scope_from_args(args, "erk" if args.dst else "layer")
     check_writable(args.out, "--out", kinds=("run", "seeds"))
     data = load_data(cfg, download=args.download)
     settings = PruningSettings(
         every=parse_every(args.update_every, run_length(cfg, data)[1]),
-        scope=args.scope,
+        scope=scope,
         granularity=args.granularity,
         criterion=args.criterion,
         rate_scale=args.rate_scale,
         seed=args.prune_seed,
         layers=args.layers,
+        dst=args.dst,
+        dst_end=args.dst_end,
+        drop_fraction=args.drop_fraction,
     )
     if args.seeds is not None:
         check_seeds(args.seeds)
@@ -113,11 +144,12 @@ def run(args: argparse.Namespace) -> int:
     for run, result in zip(runs, results, strict=True):
         mask = Mask.load(run.out / layout.MASK)
         print(
-            f"{schedule.name}: sparsity {100 * mask.sparsity():.2f}% "
+            f"{args.dst or schedule.name}: sparsity {100 * mask.sparsity():.2f}% "
             f"(target {100 * schedule.final_sparsity:.2f}%; {100 * mask.density():.2f}% of weights "
             "remaining), "
             f"test accuracy {100 * result.test_accuracy:.2f}%, "
-            f"{len(pruned_steps(run.out))} mask updates; mask {run.out / layout.MASK}, "
+            f"{len(pruned_steps(run.out))} mask {'moves' if args.dst else 'updates'}; "
+            f"mask {run.out / layout.MASK}, "
             f"log {run.out / layout.PRUNING_LOG}"
         )
     return 0
