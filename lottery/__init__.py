@@ -64,6 +64,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "grow": ("lottery.pruning.selection", "grow"),
     "DynamicSparsity": ("lottery.pruning.dst", "DynamicSparsity"),
     "drop_fraction": ("lottery.pruning.dst", "drop_fraction"),
+    "Supermask": ("lottery.pruning.supermask", "Supermask"),
+    "signed_constant": ("lottery.pruning.supermask", "signed_constant"),
     "run_length": ("lottery.training.run", "run_length"),
     "Schedule": ("lottery.pruning.schedules", "Schedule"),
     # training
@@ -99,6 +101,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "train_dense": ("lottery.studies.rewind_sweep", "train_dense"),
     "rewind_sweep": ("lottery.studies.rewind_sweep", "rewind_sweep"),
     "measure_speed": ("lottery.studies.speed", "measure"),
+    "SupermaskConfig": ("lottery.studies.supermask", "SupermaskConfig"),
+    "train_supermasks": ("lottery.studies.supermask", "train_supermasks"),
     # analysis
     "aggregate": ("lottery.analysis.aggregate", "aggregate"),
     "aggregate_folder": ("lottery.analysis.aggregate", "aggregate_folder"),

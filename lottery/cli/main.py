@@ -75,6 +75,10 @@ COMMANDS: Registry = Registry(
             "at-init",
             "prune at initialization (SNIP, GraSP, SynFlow, ...) and train, with sanity checks",
         ),
+        "supermask": _builtin(
+            "supermask",
+            "train a mask over frozen random weights (supermask, edge-popup): a strong ticket",
+        ),
         "sweep": (
             "lottery.sweeps.command:add_parser",
             {
@@ -432,6 +436,7 @@ def read_settings(path: Path) -> dict[str, Any]:
     extra = dict(data.get("extra") or {})
     flat["cuda_graphs"] = extra.pop("cuda_graphs", False)
     flat["no_channels_last"] = not extra.pop("channels_last", True)
+    flat.update(extra.pop("supermask", None) or {})  # a supermask run's own flags
     pruning = extra.pop("pruning", None)
     if pruning is not None:
         schedule = pruning.pop("schedule")

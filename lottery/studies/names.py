@@ -23,6 +23,17 @@ IMP_CONTROLS: Registry = Registry(
 # What pruning a trained network can offer a criterion (IMP rounds, one-shot curves).
 TICKET_CONTEXT = frozenset({"start", "model", "batches", "input_shape", "sparsity"})
 
+# Supermasks: edge-popup's optimiser (Ramanujan et al., CVPR 2020), SGD with momentum 0.9, LR 0.1
+# on a cosine schedule, weight decay 5e-4 on the scores; what a supermask run uses where a flag
+# leaves a setting unset.
+SUPERMASK_TRAINING = {
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.9,
+    "weight_decay": 5e-4,
+    "lr_schedule": "cosine",
+}
+
 # Pruning at initialisation and the sanity checks of Frankle et al. (ICLR 2021).
 # name -> control(AtInitControl) -> ControlRun, trained beside each pruned-at-init network
 AT_INIT_CONTROLS: Registry = Registry(

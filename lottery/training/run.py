@@ -337,7 +337,11 @@ class Run:
         return ck
 
     def density(self) -> float:
-        return self.mask.density() if self.mask is not None else 1.0
+        """The mask's density; a model that masks itself (a supermask) reports its own."""
+        if self.mask is not None:
+            return self.mask.density()
+        own = getattr(self.model, "density", None)
+        return own() if callable(own) else 1.0
 
     def restart_best(self) -> None:
         """Forget the best evaluation so far: a pruning update changed the mask, so a gradual run's
