@@ -25,7 +25,16 @@ from typing import Any
 from lottery.core.config import ConfigError
 
 # Commands a sweep may run: each writes one folder per run and resumes when rerun.
-SWEEP_COMMANDS = ("train", "imp", "prune", "at-init", "rewind-sweep", "instability", "curve")
+SWEEP_COMMANDS = (
+    "train",
+    "imp",
+    "prune",
+    "at-init",
+    "supermask",
+    "rewind-sweep",
+    "instability",
+    "curve",
+)
 # Flags a sweep sets itself: the point's folder, where its settings come from, progress.
 RESERVED = {
     "out": "the sweep names each point's folder",
