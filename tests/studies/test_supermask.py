@@ -137,7 +137,7 @@ def test_lenet_supermask_at_half_density_is_far_above_chance_on_fashion_mnist(tm
     printed = capsys.readouterr().out
     assert "supermask: sparsity 50.00% (50.00% of the frozen weights kept)" in printed
     result = json.loads((out / "result.json").read_text())
-    assert result["test_accuracy"] > 0.70  # chance is 0.10; measured 0.78 on this slice
+    assert result["test_accuracy"] > 0.70  # chance is 0.10; measured 0.7665 on this slice
     # the folder is a pruned run like any other: load_run gives the strong ticket back
     loaded = load_run(out)
     assert loaded.mask.density() == 0.5
