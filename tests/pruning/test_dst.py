@@ -188,3 +188,20 @@ def test_a_killed_rigl_run_resumes_bit_identically(tmp_path):
         assert (whole / name).read_text() == (cut / name).read_text()
     moves = [json.loads(line) for line in (whole / "pruning.jsonl").open()]
     assert len(moves) == 23 and len({r["kept"] for r in moves}) == 1  # steps 0, 20, ..., 440
+
+
+@pytest.mark.parametrize("method", ["set", "rigl"])
+def test_batched_seeds_move_their_masks_as_separate_runs_do(tmp_path, method):
+    from lottery.cli.main import main
+
+    argv = ["prune", "--dst", method, "--final-sparsity", "0.8", "--model", "lenet_64_32",
+            "--dataset", "synthetic", "--steps", "60", "--batch-size", "32", "--update-every",
+            "9", "--device", "cpu", "--seeds", "0,1", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--batched", "--out", str(tmp_path / "batched")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "separate")]) == 0
+    for seed in ("seed_0", "seed_1"):
+        a = load_checkpoint(tmp_path / "batched" / seed / "checkpoints" / "final.pt")
+        b = load_checkpoint(tmp_path / "separate" / seed / "checkpoints" / "final.pt")
+        assert Mask(a["mask"]).equal(Mask(b["mask"])) and a["pruner"] == b["pruner"]
+        for k in a["model"]:
+            torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
