@@ -38,6 +38,7 @@ from lottery import (
     load_data,
     point_name,
     read_json,
+    round_accuracy,
     run_length,
     run_sweep,
     stat_text,
@@ -127,7 +128,7 @@ def study(model: str, args: argparse.Namespace, out: Path) -> dict[str, dict[flo
             if sweep == "imp":
                 search = folders[sweep] / point_name(point)
                 summaries = [read_json(layout.seed_dir(search, i) / layout.SUMMARY) for i in seeds]
-                accs, reached = imp_accuracy(summaries, s)
+                accs, reached = round_accuracy(summaries, s)
             elif sweep == "at_init":
                 summaries = at_init_summaries(folders[sweep] / point_name(point))
                 accs, reached = at_init_accuracy(summaries, s, PRUNED), s
@@ -139,14 +140,6 @@ def study(model: str, args: argparse.Namespace, out: Path) -> dict[str, dict[flo
                 reached = 1 - results[0]["density"]
             table[label][s] = {"accuracy": accs, "sparsity": reached}
     return table
-
-
-def imp_accuracy(summaries: list[dict], sparsity: float) -> tuple[list[float], float]:
-    """Accuracy (%) per seed of the IMP round nearest to `sparsity`, and that round's sparsity."""
-    rounds = summaries[0]["rounds"]
-    r = min(range(1, len(rounds)), key=lambda i: abs((1 - rounds[i]["density"]) - sparsity))
-    accs = [100 * s["rounds"][r]["test_accuracy_at_best_val"] for s in summaries]
-    return accs, 1 - rounds[r]["density"]
 
 
 def markdown(model: str, table: dict, sparsities: tuple[float, ...]) -> str:

@@ -42,6 +42,7 @@ from lottery import (
     mean_std,
     point_name,
     read_json,
+    round_accuracy,
     run_length,
     run_sweep,
     write_json,
@@ -71,14 +72,6 @@ def config(model: str, args: argparse.Namespace) -> TrainConfig:
 def imp_rounds(sparsities: tuple[float, ...], fraction: float) -> int:
     """Rounds of IMP at `fraction` per round needed to reach the highest sparsity."""
     return math.ceil(math.log(1 - max(sparsities)) / math.log(1 - fraction) - 1e-9)
-
-
-def imp_accuracy(summaries: dict, sparsity: float) -> tuple[list[float], float]:
-    """Accuracy (%) per seed of the IMP round nearest to `sparsity`, and that round's sparsity."""
-    rounds = next(iter(summaries.values()))["rounds"]
-    r = min(range(1, len(rounds)), key=lambda i: abs((1 - rounds[i]["density"]) - sparsity))
-    accs = [100 * s["rounds"][r]["test_accuracy_at_best_val"] for s in summaries.values()]
-    return accs, 1 - rounds[r]["density"]
 
 
 def sweeps(model: str, args: argparse.Namespace) -> dict[str, Sweep]:
@@ -137,7 +130,7 @@ def table(model: str, results: dict, sparsities: tuple[float, ...]) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     cells = []
     for s in sparsities:
-        accs, reached = imp_accuracy(results["imp"], s)
+        accs, reached = round_accuracy(list(results["imp"].values()), s)
         cells.append(f"{mean_std(accs)} ({100 * reached:.1f}%)")
     lines.append(f"| {IMP} (its sparsity) | " + " | ".join(cells) + " |")
     lines[0] = "| " + lines[0] + " |"
@@ -164,7 +157,7 @@ def figure(all_results: dict, sparsities: tuple[float, ...], path: Path) -> None
                         mean = [sum(y) / len(y) for y in ys]
                         label = criterion if run == PRUNED else None
                         ax.plot(x, mean, style, marker="o", color=palette[i], label=label)
-            imp = [imp_accuracy(results["imp"], s) for s in sparsities]
+            imp = [round_accuracy(list(results["imp"].values()), s) for s in sparsities]
             ax.plot(
                 [100 * r for _, r in imp],
                 [sum(a) / len(a) for a, _ in imp],

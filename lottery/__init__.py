@@ -117,6 +117,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "at_init_table": ("lottery.analysis.records", "at_init_table"),
     "at_init_summaries": ("lottery.analysis.records", "at_init_summaries"),
     "mean_std": ("lottery.analysis.records", "mean_std"),
+    "round_accuracy": ("lottery.analysis.records", "round_accuracy"),
     "search_rounds": ("lottery.analysis.records", "search_rounds"),
     "write_report": ("lottery.analysis.report", "write_report"),
     # command-line helpers for scripts that take the same flags

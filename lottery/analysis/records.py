@@ -205,6 +205,15 @@ def at_init_accuracy(summaries: list[dict], sparsity: float, run: str) -> list[f
     return [best_val_pct(m) for m in results if m is not None]
 
 
+def round_accuracy(summaries: list[dict], sparsity: float) -> tuple[list[float], float]:
+    """Test accuracy (%) at the best validation step of the IMP round nearest to `sparsity` (a
+    pruned round, the same in every search), one per search, and that round's sparsity."""
+    rounds = summaries[0]["rounds"]
+    r = min(range(1, len(rounds)), key=lambda i: abs((1 - rounds[i]["density"]) - sparsity))
+    accuracies = [100 * s["rounds"][r]["test_accuracy_at_best_val"] for s in summaries]
+    return accuracies, 1 - rounds[r]["density"]
+
+
 def mean_std(values: list[float]) -> str:
     """`mean ± std` over seeds (sample std; 0 for one value), or '-' for none."""
     import statistics

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import beside_imp as bi
 from lottery.analysis.aggregate import summarize
+from lottery.analysis.records import round_accuracy
 from lottery.core import layout
 from lottery.pruning.masks import Mask
 
@@ -59,7 +60,7 @@ def test_numbers_come_from_the_run_folders_and_masks_hold_the_sparsity(study):
         assert Mask.load(sm / "mask.npz").sparsity() == pytest.approx(0.8, abs=1e-4)
     imp = layout.seed_dir(root / "imp" / "criterion=lamp", 1)
     rounds = json.loads((imp / "summary.json").read_text())["rounds"]
-    accs, reached = bi.imp_accuracy([json.loads((imp / "summary.json").read_text())], 0.9)
+    accs, reached = round_accuracy([json.loads((imp / "summary.json").read_text())], 0.9)
     assert reached == pytest.approx(1 - rounds[10]["density"])  # 0.8^10 leaves 10.7%
     assert results["lenet_300_100"]["LAMP IMP (rewind)"]["0.9"]["accuracy"][1] == accs[0]
 
