@@ -10,27 +10,12 @@ faster idle, slower beside a busy process), which `--threads 1` settles for a lo
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 
-from experiments.benchmarks.common import Row, cli, interleaved
+from experiments.benchmarks.common import Row, busy_process, cli, interleaved
 from lottery import IMPConfig, TrainConfig, Trainer, default_threads, load_data, make_model, run_imp
-
-
-@contextmanager
-def busy_process() -> Iterator[None]:
-    """One other process spinning on a core for the duration."""
-    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    time.sleep(0.5)
-    try:
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def demo(cfg: TrainConfig, rounds: int) -> Callable[[], None]:

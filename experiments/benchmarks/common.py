@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +63,18 @@ def interleaved(
             sync(device)
             out.append(own if isinstance(own, float) else time.perf_counter() - t0)
     return statistics.median(a), statistics.median(b)
+
+
+@contextmanager
+def busy_process() -> Iterator[None]:
+    """One other process spinning on a core for the duration."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    time.sleep(0.5)
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def markdown(rows: list[Row]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -93,6 +93,16 @@ def run_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def memory_bound(tensors: Iterable[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """One CPU thread for elementwise work over `tensors` (nothing changes on a GPU): such work is
+    memory-bound, so a second thread gains little on an idle machine and, beside other work, costs
+    many times over in its threads' waits (ResNet-50's 25.5M weights: 0.36 s at two threads beside
+    two busy processes, against 0.01-0.05 s at one)."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return run_threads(1)
+    return contextlib.nullcontext()
 
 
 def check_fast_path(cfg: TrainConfig, device: torch.device) -> None:

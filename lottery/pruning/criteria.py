@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 from lottery.core.batches import BatchStream
+from lottery.core.device import memory_bound
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask
 from lottery.pruning.names import CRITERIA, NEEDS, criterion_needs
@@ -353,7 +354,10 @@ def score(name: str | Callable, ctx: Context, seed: int | None = None) -> Scores
         if getattr(ctx, need) is None:
             raise MaskError(f"criterion {name!r} needs {NEEDS[need]}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    return fn(ctx, gen)
+    if "model" in needs or "batches" in needs:  # forward and backward passes: the run's threads
+        return fn(ctx, gen)
+    with memory_bound(ctx.weights.values()):  # elementwise over the weights
+        return fn(ctx, gen)
 
 
 def training_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Batches:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lottery.core.device import memory_bound
 from lottery.core.storage import write_bytes_atomic
 from lottery.pruning.maskfile import (
     MASK_FORMAT,
@@ -62,7 +63,8 @@ class Mask:
         missing = [n for n in names if n not in params]
         if missing:
             raise MaskError(f"model has no parameter named {missing[0]!r}")
-        return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
+        with memory_bound(params[n] for n in names):
+            return cls({n: torch.ones_like(params[n], dtype=torch.bool) for n in names})
 
     def names(self) -> list[str]:
         return list(self.tensors)

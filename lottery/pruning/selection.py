@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import torch
 
+from lottery.core.device import memory_bound
 from lottery.pruning.allocation import SHAPED, layer_counts
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask
@@ -204,6 +205,21 @@ def prune(
     of the requested one and the pattern's (1 - N/M alone). A layer whose input dimension is not
     a multiple of M is an error naming it, unless its rate scale is 0 (left unpruned).
     """
+    # ResNet-50's global prune beside two busy processes: 0.23 s at one thread, 7.0 s at two
+    with memory_bound(scores.values()):
+        return _prune(mask, scores, fraction, sparsity, scope, granularity, rate_scale, norm)
+
+
+def _prune(
+    mask: Mask,
+    scores: dict[str, torch.Tensor],
+    fraction: float | None,
+    sparsity: float | None,
+    scope: str,
+    granularity: str,
+    rate_scale: dict[str, float] | None,
+    norm: float,
+) -> Mask:
     if (fraction is None) == (sparsity is None):
         raise MaskError("give exactly one of fraction or sparsity")
     rate = fraction if fraction is not None else sparsity
