@@ -10,10 +10,10 @@ is read at the round nearest each sparsity (its own sparsity is shown). Each met
 (`lottery imp`, `at-init`, `supermask`, `prune --dst`) whose points hold every seed, run on any
 executor; the study resumes where it stopped. Writes results.json, table.md and beside_imp.png.
 
-    python -m experiments.beside_imp --models lenet_300_100 --train-limit 10000 --val-size 1000 \\
-        --test-limit 2000 --epochs 2 --device cpu --out checkpoints/beside_imp    # docs, ~15 min
-    python -m experiments.beside_imp --models conv2 --train-limit 3000 --val-size 500 \\
-        --test-limit 1000 --epochs 2 --device cpu --out checkpoints/beside_imp    # docs, ~40 min
+    python -m experiments.beside_imp --models lenet_300_100 --epochs 2 --device cpu \
+        --out checkpoints/beside_imp/lenet_300_100                          # docs, 14 min
+    python -m experiments.beside_imp --models conv2 --train-limit 5000 --val-size 500 \
+        --test-limit 2000 --epochs 2 --device cpu --out checkpoints/beside_imp/conv2   # docs
 """
 
 from __future__ import annotations
