@@ -205,3 +205,23 @@ def test_batched_seeds_move_their_masks_as_separate_runs_do(tmp_path, method):
         assert Mask(a["mask"]).equal(Mask(b["mask"])) and a["pruner"] == b["pruner"]
         for k in a["model"]:
             torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_runs_config_json_reruns_it_with_its_sparse_training_settings(tmp_path, capsys):
+    from lottery.cli.main import main
+
+    out = tmp_path / "run"
+    argv = ["prune", "--dst", "set", "--final-sparsity", "0.7", "--drop-fraction", "0.2",
+            "--dst-end", "0.5", "--allocation", "er", "--update-every", "7", "--model",
+            "lenet_32", "--dataset", "synthetic", "--steps", "40", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    recorded = json.loads((out / "config.json").read_text())["config"]["extra"]["pruning"]
+    assert recorded["dst"] == "set" and recorded["scope"] == "er"
+    assert recorded["drop_fraction"] == 0.2 and recorded["dst_end"] == 0.5
+    assert recorded["every"] == 7 and recorded["schedule"]["name"] == "one-shot"
+    before = (out / "result.json").read_bytes()
+    argv = ["prune", "--config", str(out / "config.json"), "--out", str(out), "--no-progress"]
+    assert main(argv) == 0  # the same run: read back, not refused as another one
+    assert capsys.readouterr().out == first and (out / "result.json").read_bytes() == before

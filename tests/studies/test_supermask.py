@@ -188,3 +188,15 @@ def test_bad_supermask_settings_are_one_line_exit_2(tmp_path, capsys, flags, mes
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+def test_a_supermasks_config_json_reruns_it(tmp_path, capsys):
+    out = tmp_path / "sm"
+    argv = ["supermask", "--sparsity", "0.6", "--allocation", "erk", "--signed-constant",
+            "--model", "lenet_32", "--dataset", "synthetic", "--steps", "20", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(out)]) == 0
+    first = capsys.readouterr().out
+    before = (out / "result.json").read_bytes()
+    assert main(["supermask", "--config", str(out / "config.json"), "--out", str(out)]) == 0
+    assert capsys.readouterr().out == first and (out / "result.json").read_bytes() == before
