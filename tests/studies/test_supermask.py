@@ -35,6 +35,16 @@ def test_top_k_keeps_exactly_k_with_ties_by_position_and_passes_gradients_straig
     assert torch.equal(s.grad, g)
 
 
+@pytest.mark.parametrize("k", [0, 1, 17, 250, 499, 500])
+def test_top_k_equals_a_stable_sort_with_many_ties(k):
+    gen = torch.Generator().manual_seed(k)
+    s = (torch.randn(20, 25, generator=gen) * 3).round()  # a few distinct values: many ties
+    order = sorted(range(s.numel()), key=lambda i: (-abs(float(s.reshape(-1)[i])), i))[:k]
+    want = torch.zeros(s.numel(), dtype=torch.bool)
+    want[order] = True
+    assert torch.equal(top_k(s, k), want.view(s.shape))
+
+
 def test_score_gradients_equal_a_hand_computation():
     """One linear layer: ∂L/∂s = sign(s) ⊙ (∂L/∂W_eff ⊙ W), W_eff = W ⊙ m (edge-popup's STE)."""
     torch.manual_seed(0)
