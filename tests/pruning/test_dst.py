@@ -190,6 +190,7 @@ def test_a_killed_rigl_run_resumes_bit_identically(tmp_path):
     assert len(moves) == 23 and len({r["kept"] for r in moves}) == 1  # steps 0, 20, ..., 440
 
 
+@pytest.mark.slow  # four runs through the command line
 @pytest.mark.parametrize("method", ["set", "rigl"])
 def test_batched_seeds_move_their_masks_as_separate_runs_do(tmp_path, method):
     from lottery.cli.main import main

@@ -141,6 +141,7 @@ FMNIST = ["--dataset", "fashion_mnist", "--train-limit", "4000", "--val-size", "
           "--test-limit", "2000", "--epochs", "2", "--device", "cpu", "--no-progress"]  # fmt: skip
 
 
+@pytest.mark.slow  # 2 epochs on a real Fashion-MNIST slice
 def test_lenet_supermask_at_half_density_is_far_above_chance_on_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "sm"
     assert main(["supermask", "--sparsity", "0.5", *FMNIST, "--out", str(out)]) == 0
