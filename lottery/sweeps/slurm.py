@@ -35,6 +35,9 @@ from lottery.sweeps.run import Executor, Options
 log = logging.getLogger("lottery.sweep")
 SLURM_LOGS = "slurm"  # submitit's folder of job scripts and Slurm's output, in the sweep folder
 POLL_SECONDS = 2.0
+# A task squeue has not listed for this long, with no result, was cancelled or killed; a
+# requeued task can drop out of squeue for a few seconds while Slurm puts it back.
+GONE_SECONDS = 30.0
 
 
 def _submitit():
@@ -114,7 +117,8 @@ def _live_jobs(ids: list[str]) -> set[str]:
 
 def _ended(out: Path, job, point: Point, may_go_on: bool) -> Outcome | None:
     """A task's outcome once it has one: what the point returned, a failure it raised, or (when
-    it may not go on: Slurm dropped it twice in a row without a result) cancelled or killed."""
+    it may not go on: Slurm has not listed it for GONE_SECONDS, and it left no result) cancelled
+    or killed."""
     if job.paths.result_pickle.exists():
         kind, value = _submitit().core.utils.pickle_load(job.paths.result_pickle)
         if kind == "success":
@@ -167,14 +171,16 @@ def execute(
         write_status(out, p.name, state=QUEUED, job={"executor": "slurm", "id": job.job_id})
     log.info(f"sweep: slurm, job array {jobs[0].job_id.split('_')[0]} of {len(jobs)} task(s)")
     waiting = dict(zip(jobs, points, strict=True))
-    gone: set[str] = set()  # tasks Slurm no longer has, without a result yet (seen once)
+    missing: dict[str, float] = {}  # task -> when squeue first stopped listing it, without a result
     while waiting:
         live = _live_jobs([j.job_id for j in waiting])  # before the results: no race with an exit
+        now = time.monotonic()
         for job in list(waiting):
-            outcome = _ended(out, job, waiting[job], job.job_id in live or job.job_id not in gone)
+            if job.job_id in live:
+                missing.pop(job.job_id, None)
+            since = missing.setdefault(job.job_id, now) if job.job_id not in live else now
+            outcome = _ended(out, job, waiting[job], now - since < GONE_SECONDS)
             if outcome is None:
-                if job.job_id not in live:
-                    gone.add(job.job_id)
                 continue
             del waiting[job]
             outcomes.append(outcome)
