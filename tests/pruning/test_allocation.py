@@ -133,3 +133,21 @@ def test_lamp_matches_the_papers_formula_and_keeps_every_layers_largest_weight()
         assert torch.all(again[n][~keep] == 0)
         masked = (w * keep).numpy()
         np.testing.assert_allclose(again[n].numpy(), lamp_by_hand(masked), rtol=1e-12)
+
+
+def test_an_imp_search_with_erk_scope_keeps_the_erk_counts_every_round(tmp_path):
+    from lottery.core import layout
+    from lottery.studies.imp import IMPConfig, run_imp
+    from tests.conftest import tiny
+
+    cfg = tiny(model="lenet_300_100", steps=10, eval_every=10, checkpoint_every=10)
+    summary = run_imp(cfg, IMPConfig(rounds=2, fraction=0.5, scope="erk"), tmp_path, progress=False)
+    assert len(summary["rounds"]) == 3
+    kept = None
+    for r in (1, 2):
+        mask = Mask.load(layout.round_dir(tmp_path, r) / layout.MASK)
+        shapes = {n: tuple(t.shape) for n, t in mask.tensors.items()}
+        kept = mask.kept() if kept is None else kept
+        want = layer_counts(shapes, mask.kept() / mask.total(), "erk")
+        assert {n: k for n, (k, _) in mask.layer_counts().items()} == want
+    assert Mask.load(layout.round_dir(tmp_path, 2) / layout.MASK).kept() == round(kept / 2)
