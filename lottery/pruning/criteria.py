@@ -8,6 +8,7 @@ A new criterion is one function plus one line in `lottery.pruning.names.CRITERIA
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -354,9 +355,8 @@ def score(name: str | Callable, ctx: Context, seed: int | None = None) -> Scores
         if getattr(ctx, need) is None:
             raise MaskError(f"criterion {name!r} needs {NEEDS[need]}")
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    if "model" in needs or "batches" in needs:  # forward and backward passes: the run's threads
-        return fn(ctx, gen)
-    with memory_bound(ctx.weights.values()):  # elementwise over the weights
+    runs_model = "model" in needs or "batches" in needs  # forward and backward: the run's threads
+    with contextlib.nullcontext() if runs_model else memory_bound(ctx.weights.values()):
         return fn(ctx, gen)
 
 
