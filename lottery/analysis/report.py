@@ -200,11 +200,14 @@ def sweep_section(run: Path) -> Section:
     return figures, text, {"rounds.csv": frame.to_csv(index=False).encode()}
 
 
-def barrier_cell(row: dict) -> str:
-    """An instability row's barrier in %: `mean ± std (n=N)` over its pairs (`mean (n=1)`)."""
-    if row["barrier_std"] is None:
-        return f"{100 * row['barrier']:.2f} (n={row['n_pairs']})"
-    return f"{100 * row['barrier']:.2f} ± {100 * row['barrier_std']:.2f} (n={row['n_pairs']})"
+def barrier_cell(row: dict, key: str = "barrier") -> str:
+    """An instability row's barrier in % (`key`: "aligned_barrier" for the one after weight
+    matching): `mean ± std (n=N)` over its pairs (`mean (n=1)`); "-" where it was not measured."""
+    if key not in row:
+        return "-"
+    if row[f"{key}_std"] is None:
+        return f"{100 * row[key]:.2f} (n={row['n_pairs']})"
+    return f"{100 * row[key]:.2f} ± {100 * row[f'{key}_std']:.2f} (n={row['n_pairs']})"
 
 
 def instability_section(run: Path) -> Section:
@@ -220,13 +223,16 @@ def instability_section(run: Path) -> Section:
             f"Linear interpolation between pairs of copies ({label})",
         ),
     }
+    aligned = all("aligned_barrier" in r for r in rows)
     table = _table(
         ["start step k", "barrier % mean ± std", "95% CI %", "per pair %",
+         *(["aligned barrier % mean ± std"] if aligned else []),
          "endpoint errors % per pair", "mean endpoint gap %"],
         [[r["step"], barrier_cell(r),
           "-" if r["barrier_ci95_low"] is None
           else f"[{_pct(r['barrier_ci95_low'])}, {_pct(r['barrier_ci95_high'])}]",
           ", ".join(_pct(p["barrier"]) for p in r["pairs"]),
+          *([barrier_cell(r, "aligned_barrier")] if aligned else []),
           ", ".join(" / ".join(_pct(e) for e in p["endpoint_errors"]) for p in r["pairs"]),
           _pct(r["endpoint_gap"])]
          for r in rows],

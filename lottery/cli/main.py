@@ -53,6 +53,9 @@ COMMANDS: Registry = Registry(
             "rewind-sweep",
             "compare rewind points: IMP with weight rewinding to each step, side by side",
         ),
+        "align": _builtin(
+            "align", "permute network B's hidden units onto A's (weight matching, Git Re-Basin)"
+        ),
         "instability": _builtin(
             "instability",
             "linear mode connectivity: error barrier vs the step two copies start from",

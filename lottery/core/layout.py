@@ -47,6 +47,8 @@ SWEEP_LOGS = "logs"  # each point's output, one file per point, attempts appende
 SWEEP_STATUS = "status"  # each point's state: running, done or failed, with its executor job
 SWEEP_ENV = "LOTTERY_SWEEP"  # set for each point's process: its sweep folder (trackers group by it)
 SPEED = "speed.json"  # `lottery speed`: inference timings per export route
+ALIGNMENT = "alignment.json"  # `lottery align`: the permutations that took run B onto run A
+EARLY_BIRD = "early_bird.jsonl"  # `imp --early-bird`: mask distances during dense training
 SPEED_FIGURE = "speed_vs_sparsity"  # its figure (extension from --format)
 
 _ROUND = re.compile(r"round_(\d+)")

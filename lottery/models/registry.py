@@ -99,7 +99,7 @@ def _vgg(config: str, input_shape: Shape, num_classes: int, width: int) -> nn.Mo
     return _pooled(layers, channels, num_classes)
 
 
-class _BasicBlock(nn.Module):
+class BasicBlock(nn.Module):
     """Two 3x3 conv+BN layers plus a shortcut, the CIFAR ResNet block of He et al., CVPR 2016."""
 
     def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
@@ -120,7 +120,7 @@ class _BasicBlock(nn.Module):
         return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
 
-class _ResNet20(nn.Module):
+class ResNet20(nn.Module):
     """ResNet-20 for CIFAR-10 (He et al., CVPR 2016): 3 stages of 3 blocks, 16/32/64 x width."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
@@ -133,7 +133,7 @@ class _ResNet20(nn.Module):
             filters = stem * 2**stage
             for index in range(3):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(_BasicBlock(channels, filters, stride))
+                blocks.append(BasicBlock(channels, filters, stride))
                 channels = filters
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(channels, num_classes)
@@ -165,7 +165,7 @@ def conv6(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
 
 def resnet20(input_shape: Shape, num_classes: int, width: int) -> nn.Module:
     """ResNet-20 with 1x1-conv+BN projection shortcuts (He et al., CVPR 2016)."""
-    return _ResNet20(input_shape[0], num_classes, width)
+    return ResNet20(input_shape[0], num_classes, width)
 
 
 def vgg11(input_shape: Shape, num_classes: int, width: int) -> nn.Module:

@@ -25,11 +25,13 @@ import torch
 from torch import nn
 
 from lottery.analysis.aggregate import summarize
+from lottery.analysis.alignment import permute, weight_matching
 from lottery.core import layout
 from lottery.core.config import NON_RESULT_FIELDS, ConfigError, TrainConfig
 from lottery.core.device import has_batchnorm
 from lottery.core.storage import load_checkpoint, read_json, write_json
 from lottery.datasets.loading import Splits
+from lottery.models.symmetry import NoSymmetryError, permutation_spec
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask
 from lottery.studies.base import StudyRecord
@@ -133,6 +135,7 @@ class InstabilityRow:
     alpha: list[float]
     test_error: list[float]
     test_loss: list[float]
+    aligned: dict | None = None  # with --align: the barrier and curve after weight matching
 
 
 def instability(
@@ -146,18 +149,21 @@ def instability(
     data: Splits | None = None,
     progress: bool = True,
     record: str = layout.CURVE,
+    align: bool = False,
 ) -> InstabilityRow:
-    """Train two copies from `start` with data seeds `seeds` and measure their error barrier.
+    """Train two copies from `start` with data seeds `seeds` and measure their error barrier
+    (with `align`, also after permuting the second copy's units onto the first's).
 
     Copies are ordinary resumable Trainer runs in out/copy_<seed> (pairs sharing a seed share
     its copy); the row is cached in out/`record`, so rerunning finishes interrupted work and
-    recomputes nothing.
+    recomputes nothing (a row measured without `align` gains its aligned barrier).
     """
     out = Path(out)
     if len(set(seeds)) != 2:
         raise ConfigError(f"instability needs two different data seeds, got {seeds}")
-    if (out / record).exists():
-        return InstabilityRow(**read_json(out / record))
+    row = InstabilityRow(**read_json(out / record)) if (out / record).exists() else None
+    if row is not None and (row.aligned is not None or not align):
+        return row
     data = data if data is not None else load_data(cfg)
     finals = []
     for seed in seeds:
@@ -169,15 +175,23 @@ def instability(
         ).fit(start)  # fmt: skip
         finals.append(load_checkpoint(layout.checkpoint_dir(run) / layout.FINAL)["model"])
     model = make_model(cfg, data).to(data.test_x.device)
-    curve = error_curve(model, finals[0], finals[1], data, points, cfg.batch_size)
-    errors = curve["test_error"]
-    row = InstabilityRow(
-        step=start.step,
-        barrier=error_barrier(errors),
-        seeds=list(seeds),
-        endpoint_errors=[errors[0], errors[-1]],
-        **curve,
-    )
+    if row is None:
+        curve = error_curve(model, finals[0], finals[1], data, points, cfg.batch_size)
+        errors = curve["test_error"]
+        row = InstabilityRow(
+            step=start.step,
+            barrier=error_barrier(errors),
+            seeds=list(seeds),
+            endpoint_errors=[errors[0], errors[-1]],
+            **curve,
+        )
+    if align:
+        spec = permutation_spec(model)
+        perms = weight_matching(finals[0], finals[1], spec).perms
+        curve = error_curve(
+            model, finals[0], permute(finals[1], spec, perms), data, points, cfg.batch_size
+        )
+        row.aligned = {"barrier": error_barrier(curve["test_error"]), **curve}
     write_json(asdict(row), out / record)
     return row
 
@@ -217,18 +231,25 @@ def step_summary(step: int, rows: list[InstabilityRow]) -> dict:
     """One start step over its pairs: each pair's row (barrier, endpoint errors, curve), the
     barrier's mean, sample std and 95% Student-t interval (None below two pairs), and the mean
     |difference| of the two endpoints' test errors (how uneven the copies ended)."""
-    stats = summarize([r.barrier for r in rows])
 
     def finite(x: float) -> float | None:
         return None if math.isnan(x) else x
 
+    def stats(prefix: str, barriers: list[float]) -> dict:
+        s = summarize(barriers)
+        return {
+            prefix: s["mean"],
+            f"{prefix}_std": finite(s["std"]),
+            f"{prefix}_ci95_low": finite(s["ci95_low"]),
+            f"{prefix}_ci95_high": finite(s["ci95_high"]),
+        }
+
+    aligned = [r.aligned["barrier"] for r in rows if r.aligned is not None]
     return {
         "step": step,
-        "n_pairs": stats["n"],
-        "barrier": stats["mean"],
-        "barrier_std": finite(stats["std"]),
-        "barrier_ci95_low": finite(stats["ci95_low"]),
-        "barrier_ci95_high": finite(stats["ci95_high"]),
+        "n_pairs": len(rows),
+        **stats("barrier", [r.barrier for r in rows]),
+        **(stats("aligned_barrier", aligned) if len(aligned) == len(rows) else {}),
         "endpoint_gap": float(np.mean([abs(a - b) for a, b in (r.endpoint_errors for r in rows)])),
         "pairs": [asdict(r) for r in rows],
     }
@@ -244,6 +265,7 @@ def instability_sweep(
     seeds: Pair | Sequence[Pair] | None = None,
     points: int = MIN_POINTS,
     progress: bool = True,
+    align: bool = False,
 ) -> dict:
     """Barrier vs starting step: one dense run with checkpoints at `steps` (or an existing one
     given as `dense`), then each pair of copies from each step, under `mask` for a pruned
@@ -251,6 +273,8 @@ def instability_sweep(
 
     `seeds` is one pair of data seeds or a list of pairs (default: one pair, the run's data seed
     + 1 and + 2). A folder may gain pairs on a rerun; it refuses other settings or dropped pairs.
+    With `align` every pair is also measured after weight matching (`lottery.analysis.alignment`);
+    a folder measured without it gains the aligned barriers on a rerun with it.
     """
     out = Path(out)
     steps = sorted(set(steps))
@@ -271,6 +295,11 @@ def instability_sweep(
         raise ConfigError(f"start steps {outside} lie outside training (steps 0 to {total})")
     check_fits_training(cfg, total)
     model = make_model(cfg, data)  # an unknown model, init or width: refused before writing
+    if align:
+        try:
+            permutation_spec(model)
+        except NoSymmetryError as e:
+            raise ConfigError(f"--align: {e}") from None
     if mask is not None:
         try:
             mask.check_fits(model)
@@ -307,10 +336,10 @@ def instability_sweep(
             measured = []
             for pair in pairs:
                 row = _legacy_row(step_dir, pair)
-                if row is None:
+                if row is None or (align and row.aligned is None):
                     row = instability(
                         cfg, start, step_dir, seeds=pair, points=points, mask=mask, data=data,
-                        progress=progress, record=pair_record(pair),
+                        progress=progress, record=pair_record(pair), align=align,
                     )  # fmt: skip
                 measured.append(row)
             rows.append(step_summary(k, measured))

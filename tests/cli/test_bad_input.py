@@ -78,6 +78,8 @@ CASES = {
     "erk with filters": (
         ["at-init", *RUN, "--allocation", "erk", "--granularity", "filter"],
         "prunes single weights"),
+    "align a path that holds no run": (
+        ["align", "no/such/run", "no/other/run"], "no/such/run is not a finished run"),
 }  # fmt: skip
 
 
@@ -89,6 +91,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_overlap_align_takes_one_network_per_path(tmp_path, capsys):
+    assert main(["overlap", "a", "b", "--align", "--all-rounds"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--align compares one network per path" in err
 
 
 @pytest.mark.parametrize("content", [bytes(range(256)), "{}".encode("utf-16")])

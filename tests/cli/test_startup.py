@@ -72,6 +72,7 @@ def test_every_subcommand_takes_no_progress_and_help_shows_defaults():
     positional = {
         "schedule": ["agp", "--final-sparsity", "0.9"],
         "overlap": ["a", "b"],
+        "align": ["a", "b", "--out", "c"],
         "report": ["d"],
         "prune": ["--final-sparsity", "0.9"],
         "rewind-sweep": ["--rewind-steps", "0"],

@@ -60,6 +60,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--points", type=int, default=MIN_POINTS, help="evaluation points on the path (>= 11)"
     )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="also measure each pair's barrier after permuting the second copy's hidden units "
+        "onto the first's (weight matching, Ainsworth et al., ICLR 2023)",
+    )
     p.set_defaults(func=run)
 
 
@@ -109,13 +115,17 @@ def run(args: argparse.Namespace) -> int:
         seeds=pairs,
         points=args.points,
         progress=show_progress(args),
+        align=args.align,
     )
     with hold(args.out):
         files = write_report(args.out)
+    aligned = " " * 2 + f"{'aligned barrier %':>32s}" if args.align else ""
     print(
-        f"\n{'step k':>8s}  {'barrier % mean ± std (n pairs)':>32s}  {'mean |endpoint gap| %':>22s}"
+        f"\n{'step k':>8s}  {'barrier % mean ± std (n pairs)':>32s}{aligned}"
+        f"  {'mean |endpoint gap| %':>22s}"
     )
     for r in result["rows"]:
-        print(f"{r['step']:8d}  {barrier_cell(r):>32s}  {100 * r['endpoint_gap']:22.2f}")
+        cell = f"  {barrier_cell(r, 'aligned_barrier'):>32s}" if args.align else ""
+        print(f"{r['step']:8d}  {barrier_cell(r):>32s}{cell}  {100 * r['endpoint_gap']:22.2f}")
     print(f"results: {args.out / layout.INSTABILITY}; report: {files[-1]}")
     return 0

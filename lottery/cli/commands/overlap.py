@@ -28,6 +28,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--all-rounds", action="store_true", help="take every round of IMP run directories"
     )
+    p.add_argument(
+        "--align",
+        action="store_true",
+        help="first permute every network's hidden units onto the first one's (weight matching, "
+        "as `lottery align`), then compare masks: overlap up to the permutation symmetry",
+    )
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument(
         "--heatmap",
@@ -52,6 +58,27 @@ def collect(paths: list[Path], all_rounds: bool) -> dict[str, Mask]:
     return masks
 
 
+def aligned(paths: list[Path]) -> dict[str, Mask]:
+    """Each network's mask after its units are permuted onto the first network's."""
+    from lottery.analysis.alignment import permute_mask
+    from lottery.studies.align import match, network
+
+    if len(paths) < 2:
+        raise ConfigError("overlap --align needs at least two networks")
+    nets = [network(p) for p in paths]
+    lacking = [str(p) for p, n in zip(paths, nets, strict=True) if n.mask is None]
+    if lacking:
+        raise ConfigError(f"{lacking[0]} holds no mask to compare")
+    masks = {f"{paths[0]}": nets[0].mask}
+    for i, (path, net) in enumerate(zip(paths[1:], nets[1:], strict=True), start=1):
+        spec, alignment = match(nets[0], net)
+        label = f"{path} (aligned)"
+        masks[f"{i}:{label}" if label in masks else label] = permute_mask(
+            net.mask, spec, alignment.perms
+        )
+    return masks
+
+
 def run(args: argparse.Namespace) -> int:
     from lottery.analysis import plots  # seaborn loads only when a figure is drawn
     from lottery.analysis.overlap import matrix, pairwise
@@ -61,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--heatmap {args.heatmap}: give a .png, .pdf or .svg file name")
     if args.heatmap is not None:
         check_writable(args.heatmap, "--heatmap", folder=False)
-    masks = collect(args.paths, args.all_rounds)
+    if args.align and args.all_rounds:
+        raise ConfigError("--align compares one network per path; drop --all-rounds")
+    masks = aligned(args.paths) if args.align else collect(args.paths, args.all_rounds)
     pairs = pairwise(masks)
     if args.heatmap is not None:
         labels = list(masks)
