@@ -66,6 +66,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "grow": ("lottery.pruning.selection", "grow"),
     "DynamicSparsity": ("lottery.pruning.dst", "DynamicSparsity"),
     "drop_fraction": ("lottery.pruning.dst", "drop_fraction"),
+    "EarlyBird": ("lottery.pruning.early_bird", "EarlyBird"),
+    "mask_distance": ("lottery.pruning.early_bird", "mask_distance"),
     "Supermask": ("lottery.pruning.supermask", "Supermask"),
     "signed_constant": ("lottery.pruning.supermask", "signed_constant"),
     "run_length": ("lottery.training.run", "run_length"),

@@ -389,3 +389,23 @@ def schedule_curves(curves: dict[str, list[float]], title: str = "Pruning schedu
         _legend(ax, "schedule")
         ax.set_title(title)
     return fig
+
+
+def early_bird_distances(
+    records: list[dict], threshold: float, title: str = "Early-bird mask distance"
+) -> Figure:
+    """Normalised Hamming distance between consecutive masks against the step (You et al., ICLR
+    2020), with the stop threshold dashed and the step where the ticket was drawn marked."""
+    rows = [r for r in records if r["distance"] is not None]
+    with style():
+        fig, (ax,) = new_figure()
+        ax.plot([r["step"] for r in rows], [r["distance"] for r in rows], marker=".", lw=1)
+        ax.axhline(threshold, ls="--", c="grey", lw=1, label=f"threshold {threshold:g}")
+        for r in (r for r in records if r["drawn"]):
+            ax.axvline(r["step"], c="C3", lw=1, label=f"drawn at step {r['step']}")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("distance to the previous mask")
+        ax.set_yscale("log")
+        _legend(ax, "")
+        ax.set_title(title)
+    return fig

@@ -131,7 +131,25 @@ def imp_section(run: Path) -> Section:
     headers = ["round", "% remaining", "test acc %", f"test acc % {plots.BEST_VAL}"]
     headers += [f"{c} acc %" for c in controls] + ["sign agreement θ0→θT %"]
     text = f"## IMP search `{run}`\n\n" + _table(headers, rows)
+    birds = layout.ticket_dir(run, 0) / layout.EARLY_BIRD
+    if birds.exists():
+        threshold = summary.get("settings", {}).get("eb_threshold", 0.1)
+        marks = read_jsonl(birds)
+        figures["early_bird"] = plots.early_bird_distances(marks, threshold)
+        text += "\n\n" + early_bird_text(marks, threshold, read_json(birds.parent / layout.CONFIG))
     return figures, text, {"rounds.csv": frame.to_csv(index=False).encode()}
+
+
+def early_bird_text(marks: list[dict], threshold: float, config: dict) -> str:
+    """Where round 0's early-bird ticket was drawn, as a share of the dense training it saved."""
+    total = config["total_steps"]
+    drawn = next((r["step"] for r in marks if r["drawn"]), None)
+    if drawn is None:
+        return f"No early-bird ticket was drawn: the mask distance stayed above {threshold:g}."
+    return (
+        f"Early-bird ticket drawn at step {drawn} of {total} ({100 * drawn / total:.1f}% of "
+        f"dense training; masks checked {len(marks)} times, threshold {threshold:g})."
+    )
 
 
 def train_section(run: Path) -> Section:

@@ -28,6 +28,9 @@ from lottery.models.registry import output_layer_name, prunable_names
 from lottery.pruning.allocation import SHAPED
 from lottery.pruning.checks import check_prune, check_rate_scale, keep_classes
 from lottery.pruning.criteria import Context, check, score, training_batches
+from lottery.pruning.early_bird import THRESHOLD as EB_THRESHOLD
+from lottery.pruning.early_bird import EarlyBird, default_every
+from lottery.pruning.early_bird import check as check_early_bird
 from lottery.pruning.maskfile import MaskError
 from lottery.pruning.masks import Mask, load_sparse
 from lottery.pruning.names import criterion_name, criterion_needs
@@ -90,6 +93,9 @@ class IMPConfig:
     save_control_weights: bool = False
     keep_checkpoints: bool = False
     batched: bool = False
+    early_bird: bool = False  # stop round 0 where its ticket is drawn (You et al., ICLR 2020)
+    eb_every: int | None = None  # steps between mask checks (None: `early_bird.default_every`)
+    eb_threshold: float = EB_THRESHOLD
 
     def __post_init__(self) -> None:
         self.controls = tuple(self.controls)
@@ -133,6 +139,17 @@ class IMPConfig:
         late = [r for r in self.control_rounds if r > self.rounds]
         if late:
             raise ConfigError(f"--control-rounds {late} lie beyond --rounds {self.rounds}")
+        if self.early_bird:
+            check_early_bird(self.eb_every, self.eb_threshold)
+            if self.criterion != "magnitude":
+                raise ConfigError(
+                    "--early-bird draws the mask magnitude pruning would choose; "
+                    f"use --criterion magnitude, not {self.criterion}"
+                )
+            if self.rounds < 1:
+                raise ConfigError("--early-bird draws round 1's ticket: give --rounds >= 1")
+        elif self.eb_every is not None or self.eb_threshold != EB_THRESHOLD:
+            raise ConfigError("--eb-every and --eb-threshold apply with --early-bird")
 
 
 def imp_defaults(model_name: str, model) -> dict[str, Any]:
@@ -293,12 +310,12 @@ def _recorded_rounds(out: Path) -> int:
 def _write_summaries(
     rounds: list[list[dict]], imps: list[IMPConfig], outs: list[Path], recorded: list[int]
 ) -> None:
-    """Refresh each summary.json with the rounds done so far, unless it already lists more (a
-    smaller --rounds on a finished search reports its first rounds and leaves the record)."""
+    """Refresh each summary.json once it gains rounds, and leave it otherwise (a smaller or the
+    same --rounds on a finished search reports the rounds it holds and rewrites no record)."""
     if not distributed.is_main():
         return
     for rows, imp, out, n in zip(rounds, imps, outs, recorded, strict=True):
-        if len(rows) >= n:
+        if len(rows) > n:
             write_json({"settings": dataclasses.asdict(imp), "rounds": rows}, out / layout.SUMMARY)
 
 
@@ -355,16 +372,44 @@ def _round_runs(
     rdir = layout.round_dir(out, r)
     if distributed.is_main() and not (rdir / layout.MASK).exists():
         mask.save(rdir / layout.MASK)
+    model = make_model(cfg, data)
+    stopper = _early_bird(imp, cfg, data, model, rdir / layout.TICKET) if r == 0 else None
     ticket = RunSpec(
-        cfg, rdir / layout.TICKET, make_model(cfg, data), mask if r else None, start,
+        cfg, rdir / layout.TICKET, model, mask if r else None, start,
         record={"label": f"round {r}", "round": r},
-        finish=Finish(keep_checkpoint=imp.keep_checkpoints),
+        finish=Finish(keep_checkpoint=imp.keep_checkpoints), stopper=stopper,
     )  # fmt: skip
     due = r > 0 and (not imp.control_rounds or r in imp.control_rounds)
     finish = Finish(weights=imp.save_control_weights, keep_checkpoint=imp.keep_checkpoints)
     names = imp.controls if due else ()
     controls = [_control(c, r, rdir, cfg, data, mask, start, finish) for c in names]
     return [(None, ticket, {}), *controls]
+
+
+def _early_bird(
+    imp: IMPConfig, cfg: TrainConfig, data: Splits, model, run: Path
+) -> EarlyBird | None:
+    """Round 0's early-bird stopper: it draws exactly the mask round 1 prunes from the weights
+    it sees (the search's criterion, scope, fraction and rates), and stops no earlier than the
+    rewind step."""
+    if not imp.early_bird:
+        return None
+    ones = Mask.ones(model)
+
+    def draw(weights: dict[str, torch.Tensor]) -> Mask:
+        ctx = Context({n: weights[n] for n in ones.names()}, mask=ones, scope=imp.scope)
+        scores = score(imp.criterion, ctx, seed=mask_seed(cfg.init_seed, 1))
+        return prune(ones.to(next(iter(scores.values())).device), scores, fraction=imp.fraction,
+                     scope=imp.scope, granularity=imp.granularity, rate_scale=imp.rate_scale)  # fmt: skip
+
+    total, _ = run_length(cfg, data)
+    return EarlyBird(
+        draw,
+        every=imp.eb_every or default_every(total),
+        threshold=imp.eb_threshold,
+        earliest=imp.rewind_step if imp.reset != "init" else 0,
+        log_path=run / layout.EARLY_BIRD,
+    )
 
 
 def _reset(
@@ -511,7 +556,7 @@ RECORD = StudyRecord(
     key="imp",
     free=("rounds", "batched"),
     resumable="--rounds",
-    later={"control_rounds": ()},
+    later={"control_rounds": (), "early_bird": False, "eb_every": None, "eb_threshold": 0.1},
     rewrite=lambda old, new: new["rounds"] > old.get("rounds", 0),
 )
 

@@ -69,6 +69,8 @@ def begin(
     else:
         if run.pruner is not None and step in run.pruner.update_steps:
             prune(single, 0, step, hooks)
+        if run.stopper is not None and run.stopper.due(step):
+            run.stopper.observe(step, single.module(0))  # the first mask: nothing to stop on
         checkpoint(single, 0, step, hooks)
         record(single, step, data, hooks)
     distributed.check_model_agrees(run.model, mask_tensors(run.mask), f"the start of {run.dir}")
@@ -114,18 +116,20 @@ class Engine:
         self.progress = progress and distributed.is_main()
 
     def fit(self, step: int) -> list[TrainResult]:
-        self.loop(step)
+        end = self.loop(step)
         c = self.copies
         for r in self.runs:  # data-parallel runs are single copies
             distributed.check_model_agrees(r.model, mask_tensors(r.mask), f"the end of {r.dir}")
-        return [r.complete(r.state(r.total, *c.state(i))) for i, r in enumerate(self.runs)]
+        return [r.complete(r.state(end, *c.state(i))) for i, r in enumerate(self.runs)]
 
-    def loop(self, step: int) -> None:
-        """The hot loop: batch, forward, backward, step, fused mask multiply; records when due."""
+    def loop(self, step: int) -> int:
+        """The hot loop: batch, forward, backward, step, fused mask multiply; records when due.
+        Returns the step training ended at (the run's length, or where its stopper ended it)."""
         c, runs, hooks, k = self.copies, self.runs, self.hooks, len(self.runs)
         lead, opt, sched = runs[0], c.optimizer, c.scheduler
         device, bf16 = lead.device, lead.cfg.bf16
         graphs = bool(lead.cfg.extra.get("cuda_graphs"))
+        stopper = lead.stopper if k == 1 else None  # stacked runs have none (`train_runs`)
         prune_at = [r.pruner.update_steps if r.pruner is not None else set() for r in runs]
         any_prune, any_save = set().union(*prune_at), set().union(*(r.save_at for r in runs))
         after_backward = list(hooks.after_backward)
@@ -138,6 +142,7 @@ class Engine:
         bar = tqdm(
             total=lead.total, initial=step, disable=not self.progress, desc=desc, leave=False
         )
+        done = step
         for s in range(step, lead.total):
             if graphs:
                 torch.compiler.cudagraph_mark_step_begin()
@@ -159,7 +164,8 @@ class Engine:
             done = s + 1
             for i in (i for i in range(k) if done in prune_at[i]) if done in any_prune else ():
                 prune(c, i, done, hooks)
-            eval_due = lead.eval_due(done)
+            stop = stopper is not None and stopper.due(done) and stopper.observe(done, c.module(0))
+            eval_due = lead.eval_due(done) or stop
             ckpt_due = done % lead.ckpt_every == 0 or done in any_save
             if eval_due or ckpt_due:
                 sums = distributed.all_reduce_sum(loss_sum).reshape(-1).tolist()
@@ -177,7 +183,10 @@ class Engine:
                 t0 = time.perf_counter()
             for hook in hooks.after_step:
                 hook(done)
+            if stop:
+                break
         bar.close()
+        return done
 
 
 def fit_one(
@@ -223,9 +232,14 @@ def train_runs(
     if distributed.world_size() > 1:
         raise ConfigError("batched training runs in one process; do not start it with torchrun")
     results: dict[int, TrainResult] = {}
+    for i, (run, spec) in enumerate(zip(runs, specs, strict=True)):
+        if run.stopper is not None:  # it may stop alone: never stacked
+            results[i] = fit_one(run, spec.start, data, progress, hooks)
     cohorts: dict[str, list[tuple[int, SingleCopy, int]]] = {}
     at = aligned_resume_steps(runs)
     for i, (run, spec) in enumerate(zip(runs, specs, strict=True)):
+        if i in results:
+            continue
         if run.finished():
             results[i] = run.stored_result()
             continue

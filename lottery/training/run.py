@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -47,6 +47,20 @@ class StartState:
         return cls(ck["model"], ck["optimizer"] if with_optimizer else None, ck["step"])
 
 
+class Stopper(Protocol):
+    """Ends a run before its configured length: at its `due` steps the engine calls `observe`
+    with the live model, and stops training (evaluating there) where it answers True. Its state
+    travels in checkpoints (see `lottery.pruning.early_bird.EarlyBird`)."""
+
+    def due(self, step: int) -> bool: ...
+
+    def observe(self, step: int, model: nn.Module) -> bool: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 @dataclass(frozen=True)
 class Finish:
     """How a finished run keeps its weights beside result.json: as sparse `weights.npz` with its
@@ -62,7 +76,7 @@ class Finish:
 class RunSpec:
     """One run to train: its settings, folder, model (any module of the configured architecture),
     optional fixed mask or gradual pruner, start state, extra fields for config.json, and how it
-    keeps its weights when finished (None: final.pt)."""
+    keeps its weights when finished (None: final.pt); a `stopper` may end it early."""
 
     cfg: TrainConfig
     run_dir: Path
@@ -72,6 +86,7 @@ class RunSpec:
     record: dict[str, Any] = field(default_factory=dict)
     pruner: Pruner | None = None
     finish: Finish | None = None
+    stopper: Stopper | None = None
 
 
 @dataclass
@@ -187,7 +202,7 @@ class Run:
     def __init__(self, spec: RunSpec, data: Splits, device: torch.device):
         self.spec, self.cfg, self.dir = spec, spec.cfg, Path(spec.run_dir)
         check_fast_path(self.cfg, device)
-        self.record, self.pruner = spec.record, spec.pruner
+        self.record, self.pruner, self.stopper = spec.record, spec.pruner, spec.stopper
         self.stream = BatchStream(
             data.train_x,
             data.train_y,
@@ -327,6 +342,8 @@ class Run:
             self.mask = Mask({n: t.to(self.device) for n, t in ck["mask"].items()})
         if self.pruner is not None and ck["pruner"] is not None:
             self.pruner.load_state_dict(ck["pruner"])
+        if self.stopper is not None and ck.get("stopper") is not None:
+            self.stopper.load_state_dict(ck["stopper"])
         torch.set_rng_state(ck["rng"])
         if distributed.is_main():
             log.info(f"{self.dir}: resuming from step {ck['step']}")
@@ -395,6 +412,7 @@ class Run:
             "scheduler": scheduler,
             "mask": self.mask.state() if self.mask is not None else None,
             "pruner": self.pruner.state_dict() if self.pruner is not None else None,
+            "stopper": self.stopper.state_dict() if self.stopper is not None else None,
             "rng": torch.get_rng_state(),
             "best": asdict(self.best),
             "tally": asdict(self.tally),
@@ -414,11 +432,12 @@ class Run:
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
         """Write final.pt (kept as the spec's Finish says) and result.json, and drop the resume
-        checkpoint."""
+        checkpoint. `state` is the last step's (the configured length, or where a stopper ended
+        the run)."""
         loss, acc = self.last_test  # the engine always evaluates at the final step
         b = self.best
         result = TrainResult(
-            steps=self.total,
+            steps=state["step"],
             test_accuracy=acc,
             test_loss=loss,
             best_val_step=b.step,

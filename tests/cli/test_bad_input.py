@@ -80,6 +80,10 @@ CASES = {
         "prunes single weights"),
     "align a path that holds no run": (
         ["align", "no/such/run", "no/other/run"], "no/such/run is not a finished run"),
+    "early bird with another criterion": (
+        ["imp", *RUN, "--early-bird", "--criterion", "snip"], "--early-bird draws"),
+    "early bird threshold above 1": (
+        ["imp", *RUN, "--early-bird", "--eb-threshold", "1.5"], "--eb-threshold must be"),
 }  # fmt: skip
 
 

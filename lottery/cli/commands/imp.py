@@ -91,6 +91,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--keep-checkpoints", action="store_true", help="keep every round's full final checkpoint"
     )
+    eb = p.add_argument_group("early-bird tickets (You et al., ICLR 2020)")
+    eb.add_argument(
+        "--early-bird",
+        action="store_true",
+        help="stop round 0's dense training once the mask round 1 would prune stops changing, "
+        "and draw the ticket there (later rounds as usual)",
+    )
+    eb.add_argument(
+        "--eb-every",
+        type=int,
+        default=None,
+        help="steps between mask checks (default: 1/160 of training, the paper's one per epoch)",
+    )
+    eb.add_argument(
+        "--eb-threshold",
+        type=float,
+        default=0.1,
+        help="stop once the last five normalised Hamming distances between consecutive masks "
+        "are all below this",
+    )
     add_batch_args(p, "search")
     p.set_defaults(func=run)
 
@@ -112,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         save_control_weights=args.save_control_weights,
         keep_checkpoints=args.keep_checkpoints,
         batched=args.batched,
+        early_bird=args.early_bird,
+        eb_every=args.eb_every,
+        eb_threshold=args.eb_threshold,
     )
     if args.seeds is None:
         run_imp(cfg, imp, args.out, progress=show_progress(args))
