@@ -409,3 +409,35 @@ def early_bird_distances(
         _legend(ax, "")
         ax.set_title(title)
     return fig
+
+
+def accuracy_vs_compute(
+    rows: list[dict], title: str = "Test accuracy vs training compute"
+) -> Figure:
+    """One line per method through its sparsities: mean test accuracy (%) against mean training
+    MACs (log scale), bars ± std over seeds, each point labelled with its sparsity.
+
+    `rows`: method, sparsity, test_accuracy(_std), train_macs(_std) (`lottery.analysis.compute.summary`).
+    """
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    colors = _palette(methods)
+    with style():
+        fig, (ax,) = new_figure(size=(7.0, 4.6))
+        for method in methods:
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["sparsity"])
+            x = [r["train_macs"] for r in mine]
+            y = [100 * r["test_accuracy"] for r in mine]
+            xerr = [0.0 if np.isnan(r["train_macs_std"]) else r["train_macs_std"] for r in mine]
+            yerr = [0.0 if np.isnan(r["test_accuracy_std"]) else 100 * r["test_accuracy_std"]
+                    for r in mine]  # fmt: skip
+            ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", ms=4, capsize=2, lw=1,
+                        label=method, color=colors[method])  # fmt: skip
+            for xi, yi, r in zip(x, y, mine, strict=True):
+                ax.annotate(f"{100 * r['sparsity']:.0f}%", (xi, yi), textcoords="offset points",
+                            xytext=(3, 3), fontsize=7, color=colors[method])  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("training multiply-accumulates (effective, masked)")
+        ax.set_ylabel("test accuracy (%)")
+        _legend(ax, "method (labels: sparsity)")
+        ax.set_title(title)
+    return fig

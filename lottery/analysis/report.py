@@ -26,6 +26,8 @@ from lottery.analysis.aggregate import (
     stat_text,
     sweep_groups,
 )
+from lottery.analysis.compute import ledger
+from lottery.analysis.compute import summary as compute_summary
 from lottery.analysis.overlap import (
     load_masks,
     matrix,
@@ -150,6 +152,34 @@ def early_bird_text(marks: list[dict], threshold: float, config: dict) -> str:
         f"Early-bird ticket drawn at step {drawn} of {total} ({100 * drawn / total:.1f}% of "
         f"dense training; masks checked {len(marks)} times, threshold {threshold:g})."
     )
+
+
+def compute_section(folder: Path) -> Section:
+    """Accuracy against training compute of every finished network under the folder, with the
+    ledger as a table and ledger.csv."""
+    frame = ledger(folder)
+    table = compute_summary(frame)
+    rows = table.to_dict("records")
+    text = f"## Compute `{folder}`\n\n" + _table(
+        ["method", "sparsity %", "n", "test acc % (mean ± std)", "training MACs (mean)",
+         "dense-equivalent ×", "inference MACs"],
+        [[r["method"], f"{100 * r['sparsity']:.1f}", r["n"],
+          mean_std_pct(r["test_accuracy"], r["test_accuracy_std"]), f"{r['train_macs']:.3g}",
+          f"{r['train_macs'] / r['train_macs_dense']:.2f}", f"{r['inference_macs']:.3g}"]
+         for r in rows],
+    )  # fmt: skip
+    figures = {"accuracy_vs_compute": plots.accuracy_vs_compute(rows)}
+    return figures, text, {"ledger.csv": frame.to_csv(index=False).encode()}
+
+
+def mean_std_pct(mean: float, std: float) -> str:
+    return f"{100 * mean:.2f}" + ("" if std != std else f" ± {100 * std:.2f}")  # NaN: one seed
+
+
+def _has_ledger(folder: Path) -> bool:
+    """A search, seeds, at-init study or sweep with several finished networks that recorded their
+    compute."""
+    return layout.kind(folder) in ("search", "seeds", "at-init", "grid") and len(ledger(folder)) > 1
 
 
 def train_section(run: Path) -> Section:
@@ -470,6 +500,7 @@ SECTIONS: Registry = Registry(
         "train": ReportSection(lambda p: (p / layout.METRICS).exists(), train_section),
         "seeds": ReportSection(_is_group, group_section),
         "sweep": ReportSection(lambda p: (p / layout.SWEEP_PLAN).exists(), grid_section),
+        "compute": ReportSection(_has_ledger, compute_section),
     },
 )
 
@@ -483,10 +514,11 @@ def register_report_section(
 
 
 def write_report(
-    run_dir: str | Path, out: str | Path | None = None, fmt: str = "png"
+    run_dir: str | Path, out: str | Path | None = None, fmt: str = "png", compute: bool = False
 ) -> list[Path]:
     """Write the figures (as `fmt`), tables and report.md for `run_dir` into `out`
-    (default run_dir/report); returns the files written, report.md last."""
+    (default run_dir/report); returns the files written, report.md last. `compute` adds the
+    compute ledger of any folder holding finished networks (a folder of several studies)."""
     run = Path(run_dir)
     out = Path(out) if out is not None else run / "report"
     if fmt not in plots.FORMATS:
@@ -494,8 +526,8 @@ def write_report(
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory")
     written, texts = [], []
-    for section in SECTIONS.values():
-        if section.applies(run):
+    for name, section in SECTIONS.items():
+        if section.applies(run) or (compute and name == "compute" and len(ledger(run)) > 0):
             figures, text, tables = section.make(run)
             paths = [plots.save(fig, out / f"{name}.{fmt}") for name, fig in figures.items()]
             for name, data in tables.items():

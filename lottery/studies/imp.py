@@ -544,7 +544,8 @@ def _metrics(result: TrainResult) -> dict[str, Any]:
         "steps",
         "seconds",
     )
-    return {k: getattr(result, k) for k in keys}
+    compute = result.extra.get("compute")  # runs finished before runs kept a ledger have none
+    return {k: getattr(result, k) for k in keys} | ({"compute": compute} if compute else {})
 
 
 # imp.json. --rounds may grow on resume; --batched changes how runs are scheduled, not what they

@@ -56,6 +56,7 @@ def begin(
     asked and evaluates once, so that its records begin at the start step.
     """
     step = start.step if start is not None else 0
+    run.ledger.step = step  # steps before the start are another run's to count
     if start is not None:
         run.model.load_state_dict(start.model)
     # a copy: one start state (θk) serves every round and control of a search, and training
@@ -80,6 +81,7 @@ def begin(
 def prune(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
     """Copy i's gradual pruner extends its mask at `step` (same mask on every rank)."""
     run = copies.runs[i]
+    run.charge(step)  # the steps so far trained under the mask that is about to change
     base = run.mask if run.mask is not None else Mask.ones(run.model)
     mask = run.pruner.update(step, copies.module(i), base).to(run.device)
     copies.set_mask(i, Mask(distributed.broadcast_mask(mask.tensors)))

@@ -25,6 +25,7 @@ from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import check_fast_path, check_threads, default_threads, place
 from lottery.datasets.loading import Splits
+from lottery.models.compute import profile
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest
@@ -124,6 +125,16 @@ class Best:
     def offer(self, step: int, val_loss: float, test_accuracy: float) -> None:
         if self.val_loss is None or val_loss < self.val_loss:
             self.step, self.val_loss, self.test_accuracy = step, val_loss, test_accuracy
+
+
+@dataclass
+class Ledger:
+    """Training multiply-accumulates charged up to `step`: of the dense network and of the one
+    the run's mask leaves, step by step as the mask changes (`lottery.models.compute`)."""
+
+    step: int = 0
+    dense: int = 0
+    masked: int = 0
 
 
 @dataclass
@@ -236,7 +247,10 @@ class Run:
         self.identity = run_identity(self.cfg, self.mask)  # settings and the mask's content
         self.fingerprint = self.identity.fingerprint
         check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
-        self.best, self.tally = Best(), Tally()
+        self.best, self.tally, self.ledger = Best(), Tally(), Ledger()
+        self.profile = profile(
+            self.cfg.model, tuple(data.input_shape), data.num_classes, self.cfg.width
+        )
         self.metrics = self.dir / layout.METRICS
         self.trackers = (
             open_trackers(self.dir, self.cfg.tensorboard, self.cfg.track, self.cfg.to_dict())
@@ -338,6 +352,7 @@ class Run:
                 "use a new --out directory or delete the old one"
             )
         self.best, self.tally = Best(**ck["best"]), Tally(**ck["tally"])
+        self.ledger = Ledger(**ck["ledger"]) if "ledger" in ck else Ledger(ck["step"])
         if ck["mask"] is not None:
             self.mask = Mask({n: t.to(self.device) for n, t in ck["mask"].items()})
         if self.pruner is not None and ck["pruner"] is not None:
@@ -359,6 +374,35 @@ class Run:
             return self.mask.density()
         own = getattr(self.model, "density", None)
         return own() if callable(own) else 1.0
+
+    def kept(self) -> dict[str, int] | None:
+        """Each masked layer's kept weights (None: dense), also of a model that masks itself."""
+        own = getattr(self.model, "mask", None)
+        mask = self.mask if self.mask is not None else own() if callable(own) else None
+        return None if mask is None else {n: k for n, (k, _) in mask.layer_counts().items()}
+
+    def charge(self, step: int) -> None:
+        """Add the training MACs of the steps since the last charge, under the mask in force
+        (call before the mask changes, and at the end). A supermask computes every weight's
+        gradient for its scores."""
+        examples = (step - self.ledger.step) * self.cfg.batch_size
+        scores = callable(getattr(self.model, "mask", None))
+        self.ledger.dense += examples * self.profile.training()
+        self.ledger.masked += examples * self.profile.training(self.kept(), scores)
+        self.ledger.step = step
+
+    def compute(self) -> dict[str, int]:
+        """The run's compute ledger: training MACs so far (dense network, masked one) and one
+        example's inference MACs and parameters (dense, effective)."""
+        kept = self.kept()
+        return {
+            "train_macs": self.ledger.masked,
+            "train_macs_dense": self.ledger.dense,
+            "inference_macs": self.profile.forward(kept),
+            "inference_macs_dense": self.profile.forward(),
+            "parameters": self.profile.effective_parameters(kept),
+            "parameters_dense": self.profile.parameters,
+        }
 
     def restart_best(self) -> None:
         """Forget the best evaluation so far: a pruning update changed the mask, so a gradual run's
@@ -416,6 +460,7 @@ class Run:
             "rng": torch.get_rng_state(),
             "best": asdict(self.best),
             "tally": asdict(self.tally),
+            "ledger": asdict(self.ledger),
             "fingerprint": self.fingerprint,
         }
 
@@ -436,6 +481,7 @@ class Run:
         the run)."""
         loss, acc = self.last_test  # the engine always evaluates at the final step
         b = self.best
+        self.charge(state["step"])
         result = TrainResult(
             steps=state["step"],
             test_accuracy=acc,
@@ -445,6 +491,7 @@ class Run:
             test_accuracy_at_best_val=b.test_accuracy,
             density=self.density(),
             seconds=self.tally.seconds,
+            extra={"compute": self.compute()},
         )
         if distributed.is_main():
             storage.save_checkpoint(state, layout.checkpoint_dir(self.dir) / layout.FINAL)

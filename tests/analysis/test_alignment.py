@@ -137,6 +137,7 @@ def two_searches(tmp_path):
     return outs
 
 
+@pytest.mark.slow  # the fast subset keeps the library-level checks
 def test_align_command_writes_b_permuted_with_its_mask(tmp_path, capsys):
     a, b = two_searches(tmp_path)
     out = tmp_path / "aligned"

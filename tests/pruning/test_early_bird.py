@@ -17,6 +17,7 @@ import torch
 
 from lottery.cli.main import main
 from lottery.core.storage import load_checkpoint
+from lottery.models.compute import profile, training_macs
 from lottery.pruning.early_bird import EarlyBird, default_every, mask_distance
 from lottery.pruning.masks import Mask, load_sparse
 
@@ -60,6 +61,7 @@ SLICE = ["--model", "lenet_300_100", "--dataset", "fashion_mnist", "--train-limi
          "--eval-every", "40", "--device", "cpu", "--threads", "1", "--no-progress"]  # fmt: skip
 
 
+@pytest.mark.slow  # the fast subset keeps the library-level checks
 def test_distances_and_the_drawn_mask_match_masks_drawn_from_saved_weights(tmp_path):
     out = tmp_path / "search"
     every, saves = 5, ",".join(str(s) for s in range(5, 121, 5))
@@ -101,6 +103,8 @@ def test_distances_and_the_drawn_mask_match_masks_drawn_from_saved_weights(tmp_p
     metrics = [json.loads(line) for line in (ticket / "metrics.jsonl").open()]
     assert result["steps"] == stop and metrics[-1]["step"] == stop
     assert json.loads((out / "summary.json").read_text())["rounds"][0]["steps"] == stop
+    costs = profile("lenet_300_100", (1, 28, 28), 10).layers  # round 0 paid for its steps only
+    assert result["compute"]["train_macs"] == stop * 50 * training_macs(costs)
     for n in kept:
         assert np.array_equal(round1.tensors[n].numpy().reshape(-1), masks[stop][n])
     final, _ = load_sparse(ticket / "weights.npz")

@@ -16,6 +16,7 @@ from lottery.cli.main import main
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.storage import load_checkpoint
 from lottery.models import MODELS, Recipe, register_model
+from lottery.models.compute import forward_macs, profile, training_macs
 from lottery.pruning.allocation import layer_counts
 from lottery.pruning.masks import Mask, load_sparse
 from lottery.pruning.supermask import Supermask, TopK, key, signed_constant, top_k
@@ -111,6 +112,11 @@ def test_weights_stay_bitwise_and_the_kept_count_is_exact_at_every_step(tmp_path
         "signed_constant": True,
     }
     assert result.density == pytest.approx(sum(counts.values()) / mask.total())
+    # its ledger: kept weights forward and backward, every weight's gradient for the scores
+    costs = profile(cfg.model, tuple(record["data"]["input_shape"]), 10).layers
+    compute = result.extra["compute"]
+    assert compute["train_macs"] == 40 * cfg.batch_size * training_macs(costs, counts, True)
+    assert compute["inference_macs"] == forward_macs(costs, counts)
 
 
 class Killed(Exception):
