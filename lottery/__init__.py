@@ -33,6 +33,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "build_model": ("lottery.models.registry", "build_model"),
     "count_parameters": ("lottery.models.registry", "count_parameters"),
     "prunable_names": ("lottery.models.registry", "prunable_names"),
+    "compute_profile": ("lottery.models.compute", "profile"),
     "PermutationSpec": ("lottery.models.symmetry", "PermutationSpec"),
     "permutation_spec": ("lottery.models.symmetry", "permutation_spec"),
     # masks, criteria, schedules
@@ -118,6 +119,8 @@ _API: dict[str, tuple[str, str | None]] = {
     "group_members": ("lottery.analysis.aggregate", "members"),
     "stat_text": ("lottery.analysis.aggregate", "stat_text"),
     "summarize": ("lottery.analysis.aggregate", "summarize"),
+    "compute_ledger": ("lottery.analysis.compute", "ledger"),
+    "ledger_summary": ("lottery.analysis.compute", "summary"),
     "weight_matching": ("lottery.analysis.alignment", "weight_matching"),
     "permute": ("lottery.analysis.alignment", "permute"),
     "permute_mask": ("lottery.analysis.alignment", "permute_mask"),
