@@ -52,13 +52,13 @@ def sweeps(args) -> dict[str, Sweep]:
 
 
 def markdown(table) -> str:
-    """Test accuracy (%) at the best validation step and training TMACs (10^12 MACs), mean ± std
+    """Test accuracy (%) at the best validation step and training GMACs (10^9 MACs), mean ± std
     over seeds, per method and sparsity."""
-    lines = ["| method | sparsity | test acc % | training TMACs | × dense run |",
+    lines = ["| method | sparsity | test acc % | training GMACs | × dense cost |",
              "|---|---|---|---|---|"]  # fmt: skip
     for r in table.to_dict("records"):
         acc = f"{100 * r['test_accuracy']:.2f} ± {100 * r['test_accuracy_std']:.2f}"
-        macs = f"{r['train_macs'] / 1e12:.3f} ± {r['train_macs_std'] / 1e12:.3f}"
+        macs = f"{r['train_macs'] / 1e9:.1f} ± {r['train_macs_std'] / 1e9:.1f}"
         lines.append(f"| {r['method']} | {100 * r['sparsity']:.1f}% | {acc} | {macs} | "
                      f"{r['train_macs'] / r['train_macs_dense']:.2f} |")  # fmt: skip
     return "\n".join(lines)

@@ -5,7 +5,9 @@ run twice: with the dense round 0 trained in full, and stopped where the mask th
 prune stops changing (You et al., ICLR 2020: the last five normalised Hamming distances between
 masks checked every 1/160 of training all below 0.1). Later rounds train as usual. Per seed: the
 step round 0 stopped at, the tickets' test accuracy at each sparsity, and the training MACs spent
-to reach each ticket (the compute ledger). Writes results.json, table.md and early_bird.png.
+to reach each ticket (the compute ledger). A third search per seed watches the distances over all
+of round 0 without stopping (`--eb-threshold 0`), for the figure. Writes results.json, table.md
+and early_bird.png.
 
     python -m experiments.early_bird --device cpu --out checkpoints/tickets    # docs, 6 min
 """
@@ -19,6 +21,7 @@ from experiments import ticket_sweeps as shared
 from lottery import (
     EXIT_INCOMPLETE,
     IncompleteSweep,
+    Sweep,
     layout,
     read_json,
     read_jsonl,
@@ -29,6 +32,20 @@ from lottery import (
 
 MODEL = "lenet_300_100"
 LABELS = {False: "IMP (rewind)", True: "early-bird IMP"}
+
+
+def trace_sweep(args) -> Sweep:
+    """One round of the search whose round 0 records its mask distances and never stops."""
+    imp = shared.imp_sweep(MODEL, args, (True,)).settings
+    return Sweep("imp", {**imp, "rounds": 1, "early_bird": True}, {"eb_threshold": [0.0]})
+
+
+def traces(args) -> dict[int, list[list[float]]]:
+    """Each seed's (step, distance) over the whole of round 0."""
+    folder = args.out / "early_bird_trace" / "eb_threshold=0.0"
+    return {s: [[m["step"], m["distance"]] for m in
+                read_jsonl(layout.ticket_dir(layout.seed_dir(folder, s), 0) / layout.EARLY_BIRD)
+                if m["distance"] is not None] for s in shared.SEEDS}  # fmt: skip
 
 
 def seed_rows(args, early_bird: bool) -> list[dict]:
@@ -43,36 +60,35 @@ def seed_rows(args, early_bird: bool) -> list[dict]:
         for r in rounds:
             spent += r["compute"]["train_macs"]
             cumulative.append(spent)
-        marks = read_jsonl(ticket / layout.EARLY_BIRD) if early_bird else []
         rows.append({
             "seed": s,
             "round0_steps": rounds[0]["steps"],
             "total_steps": read_json(ticket / layout.CONFIG)["total_steps"],
             "accuracy": [100 * r["test_accuracy_at_best_val"] for r in rounds[1:]],
             "train_macs": cumulative[1:],
-            "distances": [[m["step"], m["distance"]] for m in marks if m["distance"] is not None],
         })  # fmt: skip
     return rows
 
 
 def markdown(results: dict[bool, list[dict]]) -> str:
     """Mean ± std [95% CI] over seeds: round 0's steps, each sparsity's ticket accuracy and the
-    training MACs (x10^12) spent to reach the first ticket."""
+    training MACs (x10^9) spent to reach the first and the last ticket."""
     heads = ["round 0 steps", *(f"acc % at {100 * s:.1f}%" for s in shared.SPARSITIES),
-             "TMACs to the 60% ticket"]  # fmt: skip
+             "GMACs to the 60% ticket", "GMACs to the 93.6% ticket"]  # fmt: skip
     lines = ["| | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
     for eb, rows in results.items():
         cells = [stat_text(summarize([r["round0_steps"] for r in rows]), digits=0)]
         cells += [stat_text(summarize([r["accuracy"][i] for r in rows]))
                   for i in range(shared.ROUNDS)]  # fmt: skip
-        cells.append(stat_text(summarize([r["train_macs"][0] / 1e12 for r in rows]), digits=3))
+        cells += [stat_text(summarize([r["train_macs"][i] / 1e9 for r in rows]), digits=1)
+                  for i in (0, -1)]  # fmt: skip
         lines.append(f"| {LABELS[eb]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def figure(results: dict[bool, list[dict]], path) -> None:
-    """Left: each seed's mask distance during round 0 with the threshold; right: ticket accuracy
-    against the training MACs spent to reach it, both searches."""
+def figure(results: dict[bool, list[dict]], watched: dict, path) -> None:
+    """Left: each seed's mask distance over all of round 0, the threshold and where the early-bird
+    search stopped; right: ticket accuracy against the training MACs spent to reach it."""
     import seaborn as sns
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -81,16 +97,16 @@ def figure(results: dict[bool, list[dict]], path) -> None:
         fig = Figure(figsize=(11, 4.2), layout="constrained")
         FigureCanvasAgg(fig)
         left, right = fig.subplots(1, 2)
-        for r in results[True]:
-            steps, distances = zip(*r["distances"], strict=True)
-            left.plot(
-                steps, distances, lw=1, label=f"seed {r['seed']} (stops at {r['round0_steps']})"
-            )
+        for seed, trace in watched.items():
+            steps, distances = zip(*trace, strict=True)
+            left.plot(steps, distances, lw=1, label=f"seed {seed}")
         left.axhline(0.1, ls="--", c="grey", lw=1, label="threshold 0.1")
+        for stop in sorted({r["round0_steps"] for r in results[True]}):
+            left.axvline(stop, c="C3", lw=1, label=f"early-bird stop (step {stop})")
         left.set_yscale("log")
         left.set_xlabel("round-0 training step")
         left.set_ylabel("normalised Hamming distance to the previous mask")
-        left.set_title("Early-bird: when the 60% mask stops changing")
+        left.set_title("Round 0: how much the 60% mask changes between checks")
         left.legend(fontsize=8)
         for eb, rows in results.items():
             macs = [
@@ -115,18 +131,21 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         shared.run(shared.imp_sweep(MODEL, args, (False, True)), args.out / MODEL / "imp", args)
+        shared.run(trace_sweep(args), args.out / "early_bird_trace", args)
     except IncompleteSweep as e:
         print(e, file=sys.stderr)
         return EXIT_INCOMPLETE
     results = {eb: seed_rows(args, eb) for eb in (False, True)}
+    watched = traces(args)
     md = markdown(results)
     seconds = time.perf_counter() - t0
     out = args.out / "early_bird"
     write_json({"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds,
                 "sparsities": shared.SPARSITIES,
-                **{LABELS[eb]: rows for eb, rows in results.items()}}, out / "results.json")  # fmt: skip
+                **{LABELS[eb]: rows for eb, rows in results.items()},
+                "distances": watched}, out / "results.json")  # fmt: skip
     (out / "table.md").write_text(md + "\n")
-    figure(results, out / "early_bird.png")
+    figure(results, watched, out / "early_bird.png")
     print(md)
     print(f"{seconds:.0f} s; results: {out / 'results.json'}; figure: {out / 'early_bird.png'}")
     return 0

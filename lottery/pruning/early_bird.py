@@ -50,7 +50,8 @@ def default_every(total_steps: int) -> int:
 class EarlyBird:
     """Draws the mask `draw(weights)` every `every` steps and stops training once the last
     `window` distances between consecutive masks all fall below `threshold`, at step `earliest`
-    or later (a search that rewinds to step k needs training to have reached k)."""
+    or later (a search that rewinds to step k needs training to have reached k). Threshold 0
+    only records the distances: training runs its full length."""
 
     draw: Callable[[dict[str, torch.Tensor]], Mask]
     every: int
@@ -117,7 +118,7 @@ def check(every: int | None, threshold: float, window: int = WINDOW) -> None:
     """The early-bird settings, or one ConfigError naming the flag."""
     if every is not None and (not isinstance(every, int) or every < 1):
         raise ConfigError(f"--eb-every must be a whole number of steps >= 1, got {every!r}")
-    if not 0 < threshold <= 1:
-        raise ConfigError(f"--eb-threshold must be in (0, 1], got {threshold}")
+    if not 0 <= threshold <= 1:
+        raise ConfigError(f"--eb-threshold must be in [0, 1], got {threshold}")
     if window < 1:
         raise ConfigError(f"the early-bird window must be >= 1 distance, got {window}")

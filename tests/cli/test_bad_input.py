@@ -83,7 +83,7 @@ CASES = {
     "early bird with another criterion": (
         ["imp", *RUN, "--early-bird", "--criterion", "snip"], "--early-bird draws"),
     "early bird threshold above 1": (
-        ["imp", *RUN, "--early-bird", "--eb-threshold", "1.5"], "--eb-threshold must be"),
+        ["imp", *RUN, "--early-bird", "--eb-threshold", "1.5"], "--eb-threshold must be in [0, 1]"),
 }  # fmt: skip
 
 

@@ -54,6 +54,10 @@ def test_the_stop_rule_waits_for_a_full_window_below_the_threshold_and_the_earli
     stops = [late.observe(3 * i, model) for i in range(len(masks))]
     assert stops.index(True) == 10  # below 0.5 from the start, but not before step 30
     assert default_every(16_000) == 100 and default_every(50) == 1
+    drawn = iter(Mask({"w": m}) for m in masks)
+    watch = EarlyBird(lambda _: next(drawn), every=3, threshold=0.0)  # records, never stops
+    assert not any(watch.observe(3 * i, model) for i in range(len(masks)))
+    assert [r["distance"] for r in watch.records] == [None, *distances]
 
 
 SLICE = ["--model", "lenet_300_100", "--dataset", "fashion_mnist", "--train-limit", "2000",

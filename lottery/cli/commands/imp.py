@@ -109,7 +109,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.1,
         help="stop once the last five normalised Hamming distances between consecutive masks "
-        "are all below this",
+        "are all below this (0: record the distances, never stop)",
     )
     add_batch_args(p, "search")
     p.set_defaults(func=run)
