@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -57,3 +62,20 @@ def tiny(**changes) -> TrainConfig:
 @pytest.fixture
 def tiny_cfg():
     return tiny
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kill_when(argv: list[str], log: Path, lines: int) -> None:
+    """Run `python -m lottery ARGV` from the repository and SIGKILL it once `log` holds `lines`
+    lines (it must not end before that)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "lottery", *argv], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (log.exists() and log.read_text().count("\n") >= lines):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +22,7 @@ from lottery.pruning.dst import DynamicSparsity, drop_fraction
 from lottery.pruning.masks import Mask
 from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
-from tests.conftest import tiny
+from tests.conftest import kill_when, tiny
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -165,15 +163,7 @@ def test_a_killed_rigl_run_resumes_bit_identically(tmp_path):
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     cmd = [sys.executable, "-m", "lottery", *DST]
     subprocess.run([*cmd, "--out", str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
-    proc = subprocess.Popen([*cmd, "--out", str(cut)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    log = cut / "pruning.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and log.read_text().count("\n") >= 12):  # past step 220's move
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*DST, "--out", str(cut)], cut / "pruning.jsonl", 12)  # past step 220's move
     assert not (cut / "result.json").exists()
     done = subprocess.run([*cmd, "--out", str(cut)], cwd=REPO, env=env, capture_output=True,
                           text=True)  # fmt: skip

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from lottery.core.storage import load_checkpoint
 from lottery.models.compute import profile, training_macs
 from lottery.pruning.early_bird import EarlyBird, default_every, mask_distance
 from lottery.pruning.masks import Mask, load_sparse
+from tests.conftest import kill_when
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -137,15 +136,8 @@ def test_a_search_killed_before_its_early_bird_stop_resumes_to_the_same_stop(tmp
     log = whole / "round_00" / "ticket" / "early_bird.jsonl"
     stop = json.loads(log.read_text().splitlines()[-1])
     assert stop["drawn"] and 300 < stop["step"] < 1500  # a stop late enough to kill before
-    proc = subprocess.Popen([*cmd, "--out", str(cut)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     log = cut / "round_00" / "ticket" / "early_bird.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.exists() and log.read_text().count("\n") >= 25):  # past step 240
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([*KILLED, "--out", str(cut)], log, 25)  # past step 240
     assert not (cut / "round_00" / "ticket" / "result.json").exists()
     done = subprocess.run([*cmd, "--out", str(cut)], cwd=REPO, env=env, capture_output=True,
                           text=True)  # fmt: skip
