@@ -162,7 +162,7 @@ def compute_section(folder: Path) -> Section:
     rows = table.to_dict("records")
     text = f"## Compute `{folder}`\n\n" + _table(
         ["method", "sparsity %", "n", "test acc % (mean ± std)", "training MACs (mean)",
-         "dense-equivalent ×", "inference MACs"],
+         "× dense cost", "inference MACs"],
         [[r["method"], f"{100 * r['sparsity']:.1f}", r["n"],
           mean_std_pct(r["test_accuracy"], r["test_accuracy_std"]), f"{r['train_macs']:.3g}",
           f"{r['train_macs'] / r['train_macs_dense']:.2f}", f"{r['inference_macs']:.3g}"]
@@ -526,8 +526,8 @@ def write_report(
     if not run.is_dir():
         raise ConfigError(f"{run} is not a directory")
     written, texts = [], []
-    for name, section in SECTIONS.items():
-        if section.applies(run) or (compute and name == "compute" and len(ledger(run)) > 0):
+    for key, section in SECTIONS.items():
+        if section.applies(run) or (compute and key == "compute" and len(ledger(run)) > 0):
             figures, text, tables = section.make(run)
             paths = [plots.save(fig, out / f"{name}.{fmt}") for name, fig in figures.items()]
             for name, data in tables.items():

@@ -14,6 +14,7 @@ several runs).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from collections.abc import Sequence
@@ -107,9 +108,13 @@ def error_curve(
     points: int = MIN_POINTS,
     batch_size: int = 128,
 ) -> dict[str, list[float]]:
-    """Test error and loss at `points` evenly spaced points from a (alpha=0) to b (alpha=1)."""
+    """Test error and loss at `points` evenly spaced points from a (alpha=0) to b (alpha=1).
+
+    The path is evaluated on a copy of `model`, which is left as it was: a state dict taken from
+    `model` shares its tensors, and loading the path's points into them would change `a` or `b`."""
     if points < MIN_POINTS:
         raise ConfigError(f"the path needs at least {MIN_POINTS} points, got {points}")
+    model = copy.deepcopy(model)
     bn = has_batchnorm(model)
     bn_x = data.train_x[:BN_EXAMPLES]
     alphas = np.linspace(0.0, 1.0, points).tolist()

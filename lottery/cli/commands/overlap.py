@@ -69,7 +69,7 @@ def aligned(paths: list[Path]) -> dict[str, Mask]:
     lacking = [str(p) for p, n in zip(paths, nets, strict=True) if n.mask is None]
     if lacking:
         raise ConfigError(f"{lacking[0]} holds no mask to compare")
-    masks = {f"{paths[0]}": nets[0].mask}
+    masks = {str(paths[0]): nets[0].mask}
     for i, (path, net) in enumerate(zip(paths[1:], nets[1:], strict=True), start=1):
         spec, alignment = match(nets[0], net)
         label = f"{path} (aligned)"
