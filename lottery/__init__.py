@@ -138,6 +138,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "write_report": ("lottery.analysis.report", "write_report"),
     # command-line helpers for scripts that take the same flags
     "HelpFormatter": ("lottery.cli.main", "HelpFormatter"),
+    "main": ("lottery.cli.main", "main"),
     "parse_ints": ("lottery.cli.main", "parse_ints"),
     # sweeps: a grid of runs on local workers, Ray or Slurm
     "Sweep": ("lottery.sweeps.plan", "Sweep"),

@@ -56,7 +56,8 @@ class Splits:
         so a run or search resumed on changed data (a modified --data-root) is refused."""
         h = hashlib.sha256()
         for t in (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y):
-            h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
+            if t.numel():  # an empty split (--val-size 0) adds nothing, and has no byte view
+                h.update(memoryview(t.detach().cpu().contiguous().numpy()).cast("B"))
         return h.hexdigest()[:16]
 
     def describe(self) -> dict:

@@ -280,6 +280,19 @@ def test_zero_val_size_gives_empty_val_with_right_shape(tmp_path):
     splits = load_dataset("mnist", tmp_path, val_size=0)
     assert splits.val_x.shape == (0, 1, 28, 28) and splits.val_y.shape == (0,)
     assert len(splits.train_x) == 50
+    # its digest hashes the other splits alone (a run without validation data records one)
+    other = load_dataset("mnist", tmp_path, val_size=0, test_limit=5)
+    assert len(splits.digest) == 16 and splits.digest != other.digest
+
+
+def test_a_run_without_validation_data_trains_and_records(tmp_path):
+    from lottery.cli.main import main
+
+    argv = ["train", "--model", "lenet_32", "--dataset", "synthetic", "--val-size", "0",
+            "--steps", "10", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert result["best_val_step"] is None and result["test_accuracy"] > 0
 
 
 @pytest.mark.parametrize(
