@@ -65,13 +65,19 @@ def tiny_cfg():
 
 
 REPO = Path(__file__).resolve().parents[1]
+_ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def lottery_process(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """`python -m lottery ARGV` run to its end from the repository, its output captured as text."""
+    return subprocess.run([sys.executable, "-m", "lottery", *argv], cwd=REPO, env=_ENV,
+                          capture_output=True, text=True, **kwargs)  # fmt: skip
 
 
 def kill_when(argv: list[str], log: Path, lines: int) -> None:
     """Run `python -m lottery ARGV` from the repository and SIGKILL it once `log` holds `lines`
     lines (it must not end before that)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "lottery", *argv], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "lottery", *argv], cwd=REPO, env=_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
     while not (log.exists() and log.read_text().count("\n") >= lines):

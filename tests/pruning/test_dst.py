@@ -6,10 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +18,7 @@ from lottery.pruning.dst import DynamicSparsity, drop_fraction
 from lottery.pruning.masks import Mask
 from lottery.training.setup import load_data, make_model
 from lottery.training.trainer import Trainer
-from tests.conftest import kill_when, tiny
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import kill_when, lottery_process, tiny
 
 
 def test_drop_fraction_is_cosine_annealed_to_zero_at_t_end():
@@ -159,14 +153,11 @@ DST = ["prune", "--dst", "rigl", "--final-sparsity", "0.9", "--dataset", "fashio
 
 @pytest.mark.slow
 def test_a_killed_rigl_run_resumes_bit_identically(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    cmd = [sys.executable, "-m", "lottery", *DST]
-    subprocess.run([*cmd, "--out", str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
+    lottery_process([*DST, "--out", str(whole)], check=True)
     kill_when([*DST, "--out", str(cut)], cut / "pruning.jsonl", 12)  # past step 220's move
     assert not (cut / "result.json").exists()
-    done = subprocess.run([*cmd, "--out", str(cut)], cwd=REPO, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = lottery_process([*DST, "--out", str(cut)])
     assert done.returncode == 0, done.stderr
     assert "resuming from step" in done.stderr
     a = load_checkpoint(whole / "checkpoints" / "final.pt")

@@ -4,10 +4,6 @@ rule, the drawn mask is round 1's, and a run killed before its stop resumes to t
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +14,7 @@ from lottery.core.storage import load_checkpoint
 from lottery.models.compute import profile, training_macs
 from lottery.pruning.early_bird import EarlyBird, default_every, mask_distance
 from lottery.pruning.masks import Mask, load_sparse
-from tests.conftest import kill_when
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import kill_when, lottery_process
 
 
 def test_distance_is_the_fraction_of_decisions_that_differ():
@@ -129,18 +123,15 @@ KILLED = ["imp", "--model", "lenet_300_100", "--dataset", "fashion_mnist", "--tr
 
 @pytest.mark.slow
 def test_a_search_killed_before_its_early_bird_stop_resumes_to_the_same_stop(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    cmd = [sys.executable, "-m", "lottery", *KILLED]
-    subprocess.run([*cmd, "--out", str(whole)], cwd=REPO, env=env, check=True, capture_output=True)
+    lottery_process([*KILLED, "--out", str(whole)], check=True)
     log = whole / "round_00" / "ticket" / "early_bird.jsonl"
     stop = json.loads(log.read_text().splitlines()[-1])
     assert stop["drawn"] and 300 < stop["step"] < 1500  # a stop late enough to kill before
     log = cut / "round_00" / "ticket" / "early_bird.jsonl"
     kill_when([*KILLED, "--out", str(cut)], log, 25)  # past step 240
     assert not (cut / "round_00" / "ticket" / "result.json").exists()
-    done = subprocess.run([*cmd, "--out", str(cut)], cwd=REPO, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = lottery_process([*KILLED, "--out", str(cut)])
     assert done.returncode == 0, done.stderr
     assert "resuming from step" in done.stderr
     for rel in ("round_00/ticket/early_bird.jsonl", "round_00/ticket/metrics.jsonl",
