@@ -81,7 +81,7 @@ def engine_masks(model, input_shape, sparsity: float, scope: str) -> dict[str, t
     ("depth", "sparsity", "scope"),
     [
         pytest.param(50, 0.9, "global", marks=pytest.mark.slow),
-        (40, 0.9, "global"),
+        pytest.param(40, 0.9, "global", marks=pytest.mark.slow),
         (12, 0.9, "layer"),
     ],
 )

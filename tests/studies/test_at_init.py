@@ -89,6 +89,7 @@ def test_at_init_trains_above_chance_with_controls_and_resumes(tmp_path, capsys)
     assert main(["at-init", *SLICE, "--criterion", "grasp", "--out", str(out)]) == 2
 
 
+@pytest.mark.slow  # 4 s; the batched engine keeps its fast tests in tests/training
 def test_batched_matches_separate_runs(tmp_path):
     flags = ("--sparsities", "0.8", "--controls", "invert", "--seeds", "0,1")
     assert at_init(tmp_path / "a", *flags) == 0

@@ -303,6 +303,7 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, tiny_run, tmp_path, 
     assert not (tmp_path / "e.pt").exists()
 
 
+@pytest.mark.slow  # 2.2 s of the fast subset
 def test_sparse_layers_raise_none_of_torchs_known_sparse_notices():
     """In a fresh process (torch prints each notice once per process): no beta or invariant
     notice from building and running a CSR layer, and the same output as the dense layer."""

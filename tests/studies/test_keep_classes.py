@@ -29,7 +29,8 @@ def masks(out) -> list:
     return sorted(out.rglob(layout.MASK))
 
 
-@pytest.mark.parametrize("granularity", ["filter", pytest.param("channel", marks=pytest.mark.slow)])
+@pytest.mark.slow  # 3 s a granularity: in the full suite only
+@pytest.mark.parametrize("granularity", ["filter", "channel"])
 def test_imp_filter_pruning_keeps_every_class(tmp_path, granularity):
     out = tmp_path / "imp"
     args = ["imp", *RUN, "--rounds", "2", "--prune-fraction", "0.4", "--granularity", granularity]

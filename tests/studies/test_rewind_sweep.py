@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from lottery.analysis.report import write_report
 from lottery.pruning.masks import Mask
 from lottery.studies.imp import IMPConfig, run_imp
@@ -43,6 +45,7 @@ def test_sweep_shares_the_dense_run_and_matches_standalone_imp(tmp_path):
     assert {"rewind_accuracy.png", "rewind_overlap.png", "report.md"} <= names
 
 
+@pytest.mark.slow  # 2.4 s of the fast subset
 def test_batched_sweep_matches_the_sweep_and_reruns_either_way(tmp_path):
     """--batched sends every rewind point's round to the engine at once (each point's ticket and
     controls stack); the records equal the plain sweep's to float tolerance, and either mode

@@ -191,6 +191,7 @@ def hand_run(tmp_path: Path, seed: int) -> Path:
     return out
 
 
+@pytest.mark.slow  # 7 s: the fast subset keeps the sweep's planning, checks and status tests
 def test_a_sweep_at_two_workers_equals_each_command_run_by_hand(tmp_path, capsys):
     sweep = write_sweep(tmp_path / "s.json", controls=["random-reinit"])
     out = tmp_path / "out"
