@@ -32,7 +32,9 @@ def _cost(run: Path) -> dict | None:
     return result if "compute" in result else None
 
 
-def _row(method: str, run: Path, result: dict, train: int, train_dense: int) -> dict:
+def _row(method: str, run: Path, result: dict, before: tuple[int, int] = (0, 0)) -> dict:
+    """One network: its accuracy, its inference cost, and its training cost (its own run's, plus
+    `before`: what made it, masked and dense)."""
     c = result["compute"]
     acc = result["test_accuracy_at_best_val"]
     return {
@@ -40,8 +42,8 @@ def _row(method: str, run: Path, result: dict, train: int, train_dense: int) -> 
         "path": str(run),
         "sparsity": round(1.0 - result["density"], 4),
         "test_accuracy": acc if acc is not None else result["test_accuracy"],
-        "train_macs": train,
-        "train_macs_dense": train_dense,
+        "train_macs": before[0] + c["train_macs"],
+        "train_macs_dense": before[1] + c["train_macs_dense"],
         "inference_macs": c["inference_macs"],
         "inference_macs_dense": c["inference_macs_dense"],
         "parameters": c["parameters"],
@@ -53,21 +55,17 @@ def search_rows(search: Path) -> list[dict]:
     rounds 0..r-1)."""
     settings = read_json(search / layout.IMP_RECORD).get("imp", {})
     method = "IMP early-bird" if settings.get("early_bird") else f"IMP ({settings.get('reset')})"
-    rows, spent, spent_dense = [], 0, 0
+    rows, spent = [], (0, 0)
     for rdir in layout.round_dirs(search):
         ticket = _cost(rdir / layout.TICKET)
         if ticket is None:
             break
         for control in settings.get("controls", []):
             cdir = layout.control_dir(rdir, control)
-            c = _cost(cdir)
-            if c is not None:
-                own = c["compute"]
-                rows.append(_row(control, cdir, c, spent + own["train_macs"],
-                                 spent_dense + own["train_macs_dense"]))  # fmt: skip
-        spent += ticket["compute"]["train_macs"]
-        spent_dense += ticket["compute"]["train_macs_dense"]
-        rows.append(_row(method, rdir / layout.TICKET, ticket, spent, spent_dense))
+            if (c := _cost(cdir)) is not None:
+                rows.append(_row(control, cdir, c, spent))
+        rows.append(_row(method, rdir / layout.TICKET, ticket, spent))
+        spent = (rows[-1]["train_macs"], rows[-1]["train_macs_dense"])
     return rows
 
 
@@ -101,16 +99,14 @@ def ledger(folder: str | Path) -> pd.DataFrame:
             run = result.parent
             name = f"{criterion} at init" if run.name == "pruned" else f"at init: {run.name}"
             if (c := _cost(run)) is not None:
-                rows.append(_row(name, run, c, c["compute"]["train_macs"],
-                                 c["compute"]["train_macs_dense"]))  # fmt: skip
+                rows.append(_row(name, run, c))
     owned = (*searches, *studies)
     for result in sorted(folder.rglob(layout.RESULT)):
         run = result.parent
         if any(o == run or o in run.parents for o in owned) or not layout.is_run(run):
             continue
         if (c := _cost(run)) is not None:
-            rows.append(_row(run_method(run), run, c, c["compute"]["train_macs"],
-                             c["compute"]["train_macs_dense"]))  # fmt: skip
+            rows.append(_row(run_method(run), run, c))
     return pd.DataFrame(rows, columns=list(COLUMNS))
 
 

@@ -9,6 +9,7 @@ B's and the aligned network's outputs (zero up to float rounding: the function i
 
 from __future__ import annotations
 
+import copy
 import shutil
 from pathlib import Path
 
@@ -87,11 +88,12 @@ def align(a_path: str | Path, b_path: str | Path, out: str | Path, seed: int = 0
     """Write B aligned to A into `out` and return alignment.json's record."""
     a_path, b_path, out = Path(a_path), Path(b_path), Path(out)
     check_out(out, a_path, b_path)
-    a, b = network(a_path), network(b_path)
+    a, source = network(a_path), run_folder(b_path)
+    b = load_run(source)
     spec, alignment = match(a, b, seed)
     state = permute(b.model.state_dict(), spec, alignment.perms)
     mask = permute_mask(b.mask, spec, alignment.perms) if b.mask is not None else None
-    aligned = network(b_path).model  # a second copy of B's module, to carry the permuted state
+    aligned = copy.deepcopy(b.model)
     aligned.load_state_dict(state)
     record = {
         "a": str(a_path),
@@ -106,7 +108,6 @@ def align(a_path: str | Path, b_path: str | Path, out: str | Path, seed: int = 0
     if a.mask is not None and b.mask is not None:
         record["jaccard_before"] = compare_masks(a.mask, b.mask).overall.jaccard
         record["jaccard_after"] = compare_masks(a.mask, mask).overall.jaccard
-    source = run_folder(b_path)
     with hold(out):
         write_json({**b.record, "aligned_to": str(a_path)}, out / layout.CONFIG)
         save_sparse(state, mask if mask is not None else Mask.ones(aligned), out / layout.WEIGHTS)

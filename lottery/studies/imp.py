@@ -398,9 +398,7 @@ def _early_bird(
 
     def draw(weights: dict[str, torch.Tensor]) -> Mask:
         ctx = Context({n: weights[n] for n in ones.names()}, mask=ones, scope=imp.scope)
-        scores = score(imp.criterion, ctx, seed=mask_seed(cfg.init_seed, 1))
-        return prune(ones.to(next(iter(scores.values())).device), scores, fraction=imp.fraction,
-                     scope=imp.scope, granularity=imp.granularity, rate_scale=imp.rate_scale)  # fmt: skip
+        return round_prune(ones, ctx, imp, mask_seed(cfg.init_seed, 1))
 
     total, _ = run_length(cfg, data)
     return EarlyBird(
@@ -484,18 +482,23 @@ def _next_mask(
     """
 
     def make() -> Mask:
-        ctx = _criterion_context(mask, weights, imp, seed, *context)
-        scores = score(imp.criterion, ctx, seed=seed)
-        return prune(
-            mask,
-            scores,
-            fraction=imp.fraction,
-            scope=imp.scope,
-            granularity=imp.granularity,
-            rate_scale=imp.rate_scale,
-        )
+        return round_prune(mask, _criterion_context(mask, weights, imp, seed, *context), imp, seed)
 
     return stored_mask(rdir / layout.MASK, make)
+
+
+def round_prune(mask: Mask, ctx: Context, imp: IMPConfig, seed: int) -> Mask:
+    """One IMP round's pruning: `mask` extended by the search's criterion, fraction, scope,
+    granularity and rates (what the next round trains, and what an early-bird check draws)."""
+    scores = score(imp.criterion, ctx, seed=seed)
+    return prune(
+        mask.to(next(iter(scores.values())).device),
+        scores,
+        fraction=imp.fraction,
+        scope=imp.scope,
+        granularity=imp.granularity,
+        rate_scale=imp.rate_scale,
+    )
 
 
 def _criterion_context(

@@ -9,6 +9,7 @@ would have done. In a data-parallel run rank 0 alone writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import check_fast_path, check_threads, default_threads, place
 from lottery.datasets.loading import Splits
-from lottery.models.compute import profile
+from lottery.models.compute import Profile
+from lottery.models.compute import profile as network_profile
 from lottery.pruning.masks import Mask, save_sparse
 from lottery.pruning.pruner import Pruner
 from lottery.training.runfolder import check_identity, run_identity, settings_digest
@@ -248,9 +250,7 @@ class Run:
         self.fingerprint = self.identity.fingerprint
         check_identity(self.dir, self.identity)  # a folder holding another run: refused unchanged
         self.best, self.tally, self.ledger = Best(), Tally(), Ledger()
-        self.profile = profile(
-            self.cfg.model, tuple(data.input_shape), data.num_classes, self.cfg.width
-        )
+        self.shape = (tuple(data.input_shape), data.num_classes)
         self.metrics = self.dir / layout.METRICS
         self.trackers = (
             open_trackers(self.dir, self.cfg.tensorboard, self.cfg.track, self.cfg.to_dict())
@@ -374,6 +374,11 @@ class Run:
             return self.mask.density()
         own = getattr(self.model, "density", None)
         return own() if callable(own) else 1.0
+
+    @functools.cached_property
+    def profile(self) -> Profile:
+        """The network's MAC counts, made on first use (a finished run read back needs none)."""
+        return network_profile(self.cfg.model, *self.shape, self.cfg.width)
 
     def kept(self) -> dict[str, int] | None:
         """Each masked layer's kept weights (None: dense), also of a model that masks itself."""

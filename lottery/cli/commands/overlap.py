@@ -66,16 +66,15 @@ def aligned(paths: list[Path]) -> dict[str, Mask]:
     if len(paths) < 2:
         raise ConfigError("overlap --align needs at least two networks")
     nets = [network(p) for p in paths]
-    lacking = [str(p) for p, n in zip(paths, nets, strict=True) if n.mask is None]
-    if lacking:
-        raise ConfigError(f"{lacking[0]} holds no mask to compare")
-    masks = {str(paths[0]): nets[0].mask}
-    for i, (path, net) in enumerate(zip(paths[1:], nets[1:], strict=True), start=1):
-        spec, alignment = match(nets[0], net)
-        label = f"{path} (aligned)"
-        masks[f"{i}:{label}" if label in masks else label] = permute_mask(
-            net.mask, spec, alignment.perms
-        )
+    masks: dict[str, Mask] = {}
+    for i, (path, net) in enumerate(zip(paths, nets, strict=True)):
+        if net.mask is None:
+            raise ConfigError(f"{path} holds no mask to compare")
+        mask, label = net.mask, str(path)
+        if i > 0:
+            spec, alignment = match(nets[0], net)
+            mask, label = permute_mask(mask, spec, alignment.perms), f"{path} (aligned)"
+        masks[f"{i}:{label}" if label in masks else label] = mask
     return masks
 
 
