@@ -119,6 +119,18 @@ class TrainConfig:
     eval_every: int | None = flag(
         None, "evaluate every N steps (default: every epoch)", group=RECORDS
     )
+    eval_batch: int | None = flag(
+        None,
+        "examples per evaluation batch (default: the largest power of two whose activations fit "
+        "16 MiB on a CPU, i.e. its cache, or an eighth of the free GPU memory; 16 to 8192)",
+        group=RECORDS,
+    )
+    skip_start_eval: bool = flag(
+        False,
+        "do not evaluate a fresh run at its first step: its records begin at the first "
+        "evaluation due after it (saves a full validation and test pass on a short run)",
+        group=RECORDS,
+    )
     checkpoint_every: int | None = flag(
         None, "resume checkpoint every N steps (default: every epoch)", group=RECORDS
     )
@@ -213,7 +225,7 @@ class TrainConfig:
             raise ConfigError(f"LR milestones must be > 0, got {self.milestones}")
         if any(s < 0 for s in self.save_at):
             raise ConfigError(f"save-at steps must be >= 0, got {self.save_at}")
-        for name in ("eval_every", "checkpoint_every", "threads"):
+        for name in ("eval_every", "eval_batch", "checkpoint_every", "threads"):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"{name} must be >= 1, got {v}")
@@ -255,6 +267,8 @@ class TrainConfig:
 NON_RESULT_FIELDS = (
     "device",
     "eval_every",
+    "eval_batch",
+    "skip_start_eval",
     "checkpoint_every",
     "save_at",
     "data_root",

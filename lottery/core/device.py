@@ -33,8 +33,7 @@ WORK_PER_THREAD = 1e9
 
 
 def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-adds of the conv and linear layers in one forward pass of one example, counted
-    by hooks during a no-grad forward in eval mode (BatchNorm statistics stay untouched)."""
+    """Multiply-adds of the conv and linear layers in one forward pass of one example."""
     total = 0
 
     def count(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
@@ -46,7 +45,30 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
             total += per_output * output[0].numel()
 
     kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    probe(model, input_shape, count, [m for m in model.modules() if isinstance(m, kinds)])
+    return total
+
+
+def activation_bytes(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """The largest input plus output of any one layer in one example's forward pass, in bytes:
+    what an evaluation batch holds per example at its peak (no gradients are kept)."""
+    peak = 0
+
+    def measure(_module: nn.Module, inputs: tuple, output: object) -> None:
+        nonlocal peak
+        tensors = [t for t in (*inputs, output) if torch.is_tensor(t)]
+        peak = max(peak, sum(t.numel() * t.element_size() for t in tensors))
+
+    probe(model, input_shape, measure, [m for m in model.modules() if not any(m.children())])
+    return peak
+
+
+def probe(
+    model: nn.Module, input_shape: tuple[int, ...], hook: Callable, modules: list[nn.Module]
+) -> None:
+    """One example's no-grad forward pass in eval mode (BatchNorm statistics stay untouched),
+    calling `hook` after each of `modules`."""
+    handles = [m.register_forward_hook(hook) for m in modules]
     was_training = model.training
     device = next(model.parameters()).device
     try:
@@ -57,7 +79,25 @@ def multiply_adds(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         model.train(was_training)
         for h in handles:
             h.remove()
-    return total
+
+
+# Activation bytes an evaluation batch may hold on a CPU: about what a server core's L2 and its
+# share of the L3 cache keep; larger batches spill to memory and run slower (conv2 on Fashion-MNIST,
+# one thread: 2.1 s at batch 64, 3.0 s at 2048; `experiments/benchmarks/profile_run.py`).
+CPU_EVAL_BYTES = 16 * 2**20
+MAX_EVAL_BATCH = 8192
+
+
+def eval_batch_size(
+    model: nn.Module, input_shape: tuple[int, ...], device: torch.device, copies: int = 1
+) -> int:
+    """The largest power of two of examples whose activations (`copies` models side by side)
+    fit the CPU's cache budget, or an eighth of the free GPU memory; from 16 to 8192."""
+    per_example = max(1, activation_bytes(model, input_shape) * copies)
+    cuda = device.type == "cuda"
+    budget = torch.cuda.mem_get_info(device)[0] // 8 if cuda else CPU_EVAL_BYTES
+    fits = max(1, budget // per_example)
+    return max(16, min(MAX_EVAL_BATCH, 1 << (fits.bit_length() - 1)))
 
 
 def available_cores() -> int:

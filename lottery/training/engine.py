@@ -53,7 +53,8 @@ def begin(
     when given, else the latest) or to `start`.
 
     A fresh run applies its pruner's update due at the start step, keeps a checkpoint there if
-    asked and evaluates once, so that its records begin at the start step.
+    asked and evaluates once, so that its records begin at the start step (unless
+    --skip-start-eval: then at the first evaluation due after it).
     """
     step = start.step if start is not None else 0
     run.ledger.step = step  # steps before the start are another run's to count
@@ -73,7 +74,8 @@ def begin(
         if run.stopper is not None and run.stopper.due(step):
             run.stopper.observe(step, single.module(0))  # the first mask: nothing to stop on
         checkpoint(single, 0, step, hooks)
-        record(single, step, data, hooks)
+        if not run.cfg.skip_start_eval:
+            record(single, step, data, hooks)
     distributed.check_model_agrees(run.model, mask_tensors(run.mask), f"the start of {run.dir}")
     return single, step
 

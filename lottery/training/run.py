@@ -24,7 +24,13 @@ from torch import nn
 from lottery.core import distributed, layout, storage
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
-from lottery.core.device import check_fast_path, check_threads, default_threads, place
+from lottery.core.device import (
+    check_fast_path,
+    check_threads,
+    default_threads,
+    eval_batch_size,
+    place,
+)
 from lottery.datasets.loading import Splits
 from lottery.models.compute import Profile
 from lottery.models.compute import profile as network_profile
@@ -314,6 +320,7 @@ class Run:
                 "device": str(self.device),
                 "world_size": distributed.world_size(),
                 "threads": self.threads,
+                "eval_batch": self.eval_batch,
                 "data_digest": self.data_digest,
                 "fingerprint": self.fingerprint,
                 "mask_digest": self.identity.mask_digest,
@@ -374,6 +381,11 @@ class Run:
             return self.mask.density()
         own = getattr(self.model, "density", None)
         return own() if callable(own) else 1.0
+
+    @functools.cached_property
+    def eval_batch(self) -> int:
+        """Examples per evaluation batch: --eval-batch, else the largest that fits the device."""
+        return self.cfg.eval_batch or eval_batch_size(self.model, self.shape[0], self.device)
 
     @functools.cached_property
     def profile(self) -> Profile:

@@ -23,14 +23,13 @@ from torch.func import functional_call, vmap
 from torch.nn.parallel import DistributedDataParallel
 
 from lottery.core import distributed
-from lottery.core.device import autocast, compiled
+from lottery.core.device import autocast, compiled, eval_batch_size
 from lottery.core.optim import build_optimizer, build_scheduler
 from lottery.pruning.masks import Mask
 from lottery.training.run import Run
 
 # Optimizer state entries that are one value for all copies (Adam's step count); the rest stack.
 SHARED_STATE = frozenset({"step"})
-EVAL_BATCH = 2048
 
 
 @torch.no_grad()
@@ -38,17 +37,19 @@ def evaluate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    batch_size: int = EVAL_BATCH,
+    batch_size: int | None = None,
     bf16: bool = False,
     sharded: bool = False,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y) in large batches, one host sync at the end.
+    """Mean cross-entropy and accuracy over (x, y), one host sync at the end; batches of
+    `batch_size` (default: the largest that fits, `lottery.core.device.eval_batch_size`).
 
     `sharded`: in a data-parallel run each rank scores its own slice and the sums are all-reduced.
     """
     n = len(x)
     if n == 0:
         return float("nan"), float("nan")
+    batch_size = batch_size or eval_batch_size(model, tuple(x.shape[1:]), x.device)
     if sharded:
         x, y = distributed.shard(x), distributed.shard(y)
     was_training = model.training
@@ -132,7 +133,7 @@ class SingleCopy:
         self.refresh_masks()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y, bf16=bf16, sharded=True)]
+        return [evaluate(self.model, x, y, self.runs[0].eval_batch, bf16, sharded=True)]
 
     def state(self, i: int) -> tuple[dict, dict, dict]:
         return self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()
@@ -158,6 +159,9 @@ class StackedCopies:
             n: torch.stack([st[n] for st in states]) for n, _ in self.template.named_buffers()
         }
         self.keys = list(states[0])  # state_dict order, for each copy's checkpoint
+        self.eval_batch = lead.cfg.eval_batch or eval_batch_size(
+            self.template, lead.shape[0], self.device, copies=self.k
+        )
         self.optimizer = build_optimizer(self.cfg, nn.ParameterList(self.params.values()))
         self._stack_optimizer_states([s.optimizer.state_dict() for s in singles])
         self.scheduler = build_scheduler(self.cfg, self.optimizer, lead.total, at_step=step)
@@ -273,8 +277,8 @@ class StackedCopies:
         self.template.eval()
         loss = torch.zeros(self.k, device=x.device)
         correct = torch.zeros(self.k, device=x.device, dtype=torch.long)
-        for i in range(0, n, EVAL_BATCH):
-            xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
+        for i in range(0, n, self.eval_batch):
+            xb, yb = x[i : i + self.eval_batch], y[i : i + self.eval_batch]
             with autocast(x.device, bf16):
                 out = self.logits(self.params, self.buffers, xb)
             flat = F.cross_entropy(out.float().flatten(0, 1), yb.repeat(self.k), reduction="none")

@@ -37,6 +37,7 @@ CASES = {
     "instability too few points": (
         ["instability", *RUN, "--start-steps", "5", "--points", "3"], "at least 11 points"),
     "imp threads beyond the machine": (["imp", *RUN, "--threads", "100000"], "CPU cores available"),
+    "train evaluation batch of zero": (["train", *RUN, "--eval-batch", "0"], "eval_batch must be"),
     "imp warm-up longer than training": (
         ["imp", *RUN, "--warmup-steps", "100"], "is longer than training"),
     "instability threads beyond the machine": (

@@ -18,6 +18,7 @@ from lottery.core.storage import CheckpointError, load_checkpoint
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState
 from lottery.training.setup import load_data, make_model
+from lottery.training.stacked import evaluate
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
@@ -64,6 +65,38 @@ def test_records_config_metrics_and_result(tmp_path):
     assert result.test_accuracy_at_best_val == best["test_accuracy"]
     assert result.test_accuracy > 0.5  # 10 classes: chance is 0.1
     assert json.loads((tmp_path / "result.json").read_text())["steps"] == 60
+
+
+def test_evaluation_at_any_batch_size_agrees_with_float64(tmp_path):
+    cfg = tiny()
+    trainer, _ = fit(cfg, tmp_path)
+    model, data = trainer.model, trainer.data
+    with torch.no_grad():
+        logits = model.eval()(data.test_x).double()
+    loss = float(torch.nn.functional.cross_entropy(logits, data.test_y))
+    correct = int((logits.argmax(1) == data.test_y).sum())
+    for batch in (None, 1, 7, 64, 4096):
+        got_loss, got_acc = evaluate(model, data.test_x, data.test_y, batch)
+        assert got_acc == correct / len(data.test_y)
+        assert got_loss == pytest.approx(loss, rel=1e-6)
+    record = json.loads((tmp_path / "config.json").read_text())
+    assert record["eval_batch"] == 8192  # a small MLP: the cap
+
+
+def test_skipping_the_start_evaluation_changes_records_only(tmp_path):
+    _, whole = fit(tiny(), tmp_path / "whole")
+    _, skipped = fit(tiny(skip_start_eval=True, eval_batch=16), tmp_path / "skipped")
+    lines = [
+        json.loads(x) for x in (tmp_path / "skipped" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in lines] == [20, 40, 60]
+    assert lines[0]["train_loss"] is not None  # the first record covers steps 1-20
+    assert_same_state(final_model(tmp_path / "whole"), final_model(tmp_path / "skipped"))
+    assert skipped.test_accuracy == whole.test_accuracy
+    assert json.loads((tmp_path / "skipped" / "config.json").read_text())["eval_batch"] == 16
+    # neither setting changes the run's numbers: the folder resumes or reads back without them
+    _, again = fit(tiny(), tmp_path / "skipped")
+    assert again.test_accuracy == skipped.test_accuracy
 
 
 def test_epochs_convert_to_steps(tmp_path):
