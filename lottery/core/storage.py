@@ -1,5 +1,5 @@
-"""Files on disk: atomic writes, safe checkpoint loads, JSON records, folder locks' holders and
-run provenance. torch loads only for checkpoints and provenance, so records and locks can be read
+"""Files on disk: atomic writes (also in the background), safe checkpoint loads, JSON records,
+folder locks' holders and run provenance. torch loads only for checkpoints and provenance, so records and locks can be read
 by a process that trains nothing (a sweep's worker)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,6 +75,52 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     buf = io.BytesIO()
     torch.save({"format": CHECKPOINT_FORMAT, **state}, buf)
     write_bytes_atomic(buf.getvalue(), path)
+
+
+def snapshot(state: Any) -> Any:
+    """A copy of `state` (containers of tensors and plain values) with every tensor copied to the
+    CPU, so it can be written while training goes on changing the originals."""
+    import torch
+
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: snapshot(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(snapshot(v) for v in state)
+    return state
+
+
+class Writer:
+    """File writes done in submission order on one background thread, so that training goes on
+    while a checkpoint reaches the disk. Each write is atomic, so a kill at any moment leaves the
+    file before it; `wait` returns once every write is done (raising the first that failed), and
+    a failed write also surfaces at the next `submit`. No thread outlives a `wait`."""
+
+    def __init__(self) -> None:
+        self.pool: ThreadPoolExecutor | None = None
+        self.pending: list[Future] = []
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        self.raise_failed()
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="lottery-writer")
+        self.pending.append(self.pool.submit(write, *args))
+
+    def raise_failed(self) -> None:
+        done = [f for f in self.pending if f.done()]
+        self.pending = [f for f in self.pending if not f.done()]
+        for f in done:
+            f.result()
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        errors = [e for e in (f.exception() for f in pending) if e is not None]
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+        if errors:
+            raise errors[0]
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

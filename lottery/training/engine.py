@@ -94,8 +94,11 @@ def prune(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
 
 
 def checkpoint(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
+    """Copy i's checkpoint at `step`, written in the background (on disk before its hooks run)."""
     run = copies.runs[i]
     run.checkpoint(step, run.state(step, *copies.state(i)))
+    if hooks.at_checkpoint:
+        run.wait_for_writes()
     for hook in hooks.at_checkpoint:
         hook(run, step)
 
@@ -120,7 +123,11 @@ class Engine:
         self.progress = progress and distributed.is_main()
 
     def fit(self, step: int) -> list[TrainResult]:
-        end = self.loop(step)
+        try:
+            end = self.loop(step)
+        finally:  # also when training fails: what was checkpointed reaches the disk
+            for r in self.runs:
+                r.wait_for_writes()
         c = self.copies
         for r in self.runs:  # data-parallel runs are single copies
             distributed.check_model_agrees(r.model, mask_tensors(r.mask), f"the end of {r.dir}")

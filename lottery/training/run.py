@@ -265,6 +265,7 @@ class Run:
         )
         self.last = layout.checkpoint_dir(self.dir) / layout.LAST
         self.previous = layout.checkpoint_dir(self.dir) / layout.PREVIOUS
+        self.writer = storage.Writer()
 
     # -- records -------------------------------------------------------------------------------
 
@@ -482,20 +483,29 @@ class Run:
         }
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """Keep a named checkpoint at --save-at steps and refresh last.pt (the resume point)."""
-        if not distributed.is_main():
-            return
-        if step in self.save_at:
+        """Keep a named checkpoint at --save-at steps and refresh last.pt (the resume point),
+        written in the background from a copy taken now (`wait_for_writes` waits for them)."""
+        named, resume = step in self.save_at, 0 < step < self.total  # step 0: start afresh
+        if distributed.is_main() and (named or resume):
+            self.writer.submit(self.write_checkpoint, step, storage.snapshot(state), named, resume)
+
+    def write_checkpoint(self, step: int, state: dict[str, Any], named: bool, resume: bool) -> None:
+        if named:
             storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
-        if 0 < step < self.total:  # step 0 is re-created exactly by starting afresh
+        if resume:
             if self.last.exists():
                 keep_previous(self.last, self.previous)
             storage.save_checkpoint(state, self.last)
+
+    def wait_for_writes(self) -> None:
+        """Return once every checkpoint asked for is on disk."""
+        self.writer.wait()
 
     def complete(self, state: dict[str, Any]) -> TrainResult:
         """Write final.pt (kept as the spec's Finish says) and result.json, and drop the resume
         checkpoint. `state` is the last step's (the configured length, or where a stopper ended
         the run)."""
+        self.wait_for_writes()
         loss, acc = self.last_test  # the engine always evaluates at the final step
         b = self.best
         self.charge(state["step"])

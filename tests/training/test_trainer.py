@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -287,3 +288,25 @@ def test_a_run_with_threads_gives_the_caller_its_thread_count_back(tmp_path):
     assert torch.get_num_threads() == before
     train_runs([RunSpec(cfg, tmp_path / "e", make_model(cfg, data))], data, progress=False)
     assert torch.get_num_threads() == before
+
+
+def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
+    """The write of step 20's checkpoint waits until training has reached step 25: a write that
+    blocked the loop would never see it. The weights end as an undisturbed run's."""
+    fit(tiny(), tmp_path / "whole")
+    reached, real_save = threading.Event(), storage.save_checkpoint
+    waited: list[bool] = []
+
+    def slow_save(state, path):
+        if state["step"] == 20:
+            waited.append(reached.wait(timeout=60))
+        real_save(state, path)
+
+    def at_step(done: int) -> None:
+        if done == 25:
+            reached.set()
+
+    monkeypatch.setattr(storage, "save_checkpoint", slow_save)
+    fit(tiny(), tmp_path / "run", on_step=at_step)
+    assert waited == [True]
+    assert_same_state(final_model(tmp_path / "whole"), final_model(tmp_path / "run"))
