@@ -47,14 +47,20 @@ class Hooks:
 
 
 def begin(
-    run: Run, start: StartState | None, data: Splits, hooks: Hooks, at: int | None = None
-) -> tuple[SingleCopy, int]:
+    run: Run,
+    start: StartState | None,
+    data: Splits,
+    hooks: Hooks,
+    at: int | None = None,
+    evaluate: bool = True,
+) -> tuple[SingleCopy, int, bool]:
     """Open the run's folder and set its copy to the resume checkpoint (the one at step `at`
-    when given, else the latest) or to `start`.
+    when given, else the latest) or to `start`; True if the run is fresh.
 
     A fresh run applies its pruner's update due at the start step, keeps a checkpoint there if
-    asked and evaluates once, so that its records begin at the start step (unless
-    --skip-start-eval: then at the first evaluation due after it).
+    asked and (`evaluate`: else its caller does, with its cohort) evaluates once, so that its
+    records begin at the start step (unless --skip-start-eval: then at the first evaluation due
+    after it).
     """
     step = start.step if start is not None else 0
     run.ledger.step = step  # steps before the start are another run's to count
@@ -74,10 +80,10 @@ def begin(
         if run.stopper is not None and run.stopper.due(step):
             run.stopper.observe(step, single.module(0))  # the first mask: nothing to stop on
         checkpoint(single, 0, step, hooks)
-        if not run.cfg.skip_start_eval:
+        if evaluate and not run.cfg.skip_start_eval:
             record(single, step, data, hooks)
     distributed.check_model_agrees(run.model, mask_tensors(run.mask), f"the start of {run.dir}")
-    return single, step
+    return single, step, ck is None
 
 
 def prune(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
@@ -103,12 +109,18 @@ def checkpoint(copies: Copies, i: int, step: int, hooks: Hooks) -> None:
         hook(run, step)
 
 
-def record(copies: Copies, step: int, data: Splits, hooks: Hooks) -> None:
-    """Evaluate every copy on validation and test data and log it in its run's metrics."""
+def record(
+    copies: Copies, step: int, data: Splits, hooks: Hooks, only: Sequence[bool] | None = None
+) -> None:
+    """Evaluate every copy on validation and test data and log it in its run's metrics (or in
+    those that `only` marks: one pass serves a cohort of which some runs resumed past it)."""
     bf16 = copies.runs[0].cfg.bf16
     vals = copies.evaluate(data.val_x, data.val_y, bf16)
     tests = copies.evaluate(data.test_x, data.test_y, bf16)
-    for run, val, test in zip(copies.runs, vals, tests, strict=True):
+    only = only or [True] * len(copies.runs)
+    for run, val, test, log in zip(copies.runs, vals, tests, only, strict=True):
+        if not log:
+            continue
         rec = run.log(step, copies.optimizer.param_groups[0]["lr"], val, test)
         for hook in hooks.at_evaluation:
             hook(run, rec)
@@ -212,7 +224,7 @@ def fit_one(
     if run.finished():
         return run.stored_result()
     with run_threads(run.threads), distributed.guard(f"training in {run.dir}"):
-        single, step = begin(run, start, data, hooks)
+        single, step, _ = begin(run, start, data, hooks)
         if started is not None:
             started(single)
         return Engine(single, data, progress=progress, hooks=hooks).fit(step)[0]
@@ -246,7 +258,7 @@ def train_runs(
     for i, (run, spec) in enumerate(zip(runs, specs, strict=True)):
         if run.stopper is not None:  # it may stop alone: never stacked
             results[i] = fit_one(run, spec.start, data, progress, hooks)
-    cohorts: dict[str, list[tuple[int, SingleCopy, int]]] = {}
+    cohorts: dict[str, list[tuple[int, SingleCopy, int, bool]]] = {}
     at = aligned_resume_steps(runs)
     for i, (run, spec) in enumerate(zip(runs, specs, strict=True)):
         if i in results:
@@ -255,14 +267,17 @@ def train_runs(
             results[i] = run.stored_result()
             continue
         with run_threads(run.threads):
-            single, step = begin(run, spec.start, data, hooks, at.get(i))
-        cohorts.setdefault(cohort_key(single, step), []).append((i, single, step))
+            single, step, fresh = begin(run, spec.start, data, hooks, at.get(i), evaluate=False)
+        cohorts.setdefault(cohort_key(single, step), []).append((i, single, step, fresh))
     for members in cohorts.values():
-        singles, step = [m for _, m, _ in members], members[0][2]
+        singles, step = [m[1] for m in members], members[0][2]
         copies = singles[0] if len(singles) == 1 else StackedCopies(singles, step)
+        fresh = [m[3] and not m[1].runs[0].cfg.skip_start_eval for m in members]
         with run_threads(singles[0].runs[0].threads):  # a cohort shares every setting
+            if any(fresh):  # the fresh runs' start-of-run evaluation, in one pass
+                record(copies, step, data, hooks, fresh)
             done = Engine(copies, data, progress=progress, hooks=hooks).fit(step)
-        results.update({i: r for (i, _, _), r in zip(members, done, strict=True)})
+        results.update({m[0]: r for m, r in zip(members, done, strict=True)})
     return [results[i] for i in range(len(specs))]
 
 

@@ -16,7 +16,7 @@ from lottery.studies.imp import IMPConfig, run_imp_seeds
 from lottery.training.engine import Hooks, begin, cohort_key, train_runs
 from lottery.training.run import Run, RunSpec, StartState
 from lottery.training.setup import load_data, make_model
-from lottery.training.stacked import StackedCopies
+from lottery.training.stacked import SingleCopy, StackedCopies
 from lottery.training.trainer import Trainer
 from tests.conftest import tiny
 
@@ -161,7 +161,7 @@ def test_interrupted_batched_run_resumes_bitwise(tmp_path):
 def prepared(cfg: TrainConfig, data, run_dir, start: StartState | None = None):
     """A run opened by the engine at its start state: (its single copy, the step it stands at)."""
     run = Run(RunSpec(cfg, run_dir, make_model(cfg, data)), data, torch.device(cfg.device))
-    return begin(run, start, data, Hooks())
+    return begin(run, start, data, Hooks())[:2]
 
 
 @pytest.mark.parametrize("seeds", [(0, 1, 2), (5, 7, 5), (3, 3, 3)])
@@ -294,3 +294,23 @@ def test_cli_imp_seeds_batched(tmp_path):
         config = json.loads((out / f"seed_{s}" / "round_01" / "ticket" / "config.json").read_text())
         assert config["config"]["init_seed"] == s == config["config"]["data_seed"]
     assert main(["imp", "--seeds", "1,1", "--dataset", "synthetic", "--out", str(out)]) == 2
+
+
+def test_a_fresh_cohort_is_evaluated_at_its_start_in_one_stacked_pass(tmp_path, monkeypatch):
+    cfg = tiny(steps=20, eval_every=10, checkpoint_every=10)
+    data = load_data(cfg)
+    separate = [train_runs([s], data, progress=False)[0]
+                for s in specs(cfg, data, tmp_path / "separate")]  # fmt: skip
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a batched copy was evaluated on its own")
+
+    monkeypatch.setattr(SingleCopy, "evaluate", refuse)
+    batched = train_runs(specs(cfg, data, tmp_path / "batched"), data, batched=True, progress=False)
+    for i, (a, b) in enumerate(zip(separate, batched, strict=True)):
+        assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=0.01)
+        one, stacked = (read_lines(tmp_path / d / f"run{i}" / "metrics.jsonl")
+                        for d in ("separate", "batched"))  # fmt: skip
+        assert [r["step"] for r in stacked] == [0, 10, 20]
+        assert stacked[0]["test_accuracy"] == one[0]["test_accuracy"]  # the same initial weights
+        assert stacked[0]["val_loss"] == pytest.approx(one[0]["val_loss"], rel=1e-5)
