@@ -506,6 +506,7 @@ class Run:
         checkpoint. `state` is the last step's (the configured length, or where a stopper ended
         the run)."""
         self.wait_for_writes()
+        state = storage.snapshot(state)  # the live tensors, or views into a stacked cohort's
         loss, acc = self.last_test  # the engine always evaluates at the final step
         b = self.best
         self.charge(state["step"])

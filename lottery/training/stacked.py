@@ -288,9 +288,11 @@ class StackedCopies:
         return [(float(a) / n, float(c) / n) for a, c in zip(loss, correct, strict=True)]
 
     def state(self, i: int) -> tuple[dict, dict, dict]:
-        """Copy i's model, optimizer and schedule states, laid out as a separate run's."""
+        """Copy i's model, optimizer and schedule states, laid out as a separate run's: views
+        into the stacked tensors, which the run copies once when it keeps them (as it copies a
+        plain module's live state)."""
         tensors = {**self.params, **self.buffers}
-        model = {k: tensors[k].detach()[i].clone() for k in self.keys}
+        model = {k: tensors[k].detach()[i] for k in self.keys}
         sd = self.optimizer.state_dict()
         state = {
             j: {key: _part(key, v, i) for key, v in st.items()} for j, st in sd["state"].items()
@@ -303,6 +305,6 @@ class StackedCopies:
 
 
 def _part(key: str, value: Any, i: int) -> Any:
-    """Copy i's part of one stacked optimizer-state entry."""
+    """Copy i's part of one stacked optimizer-state entry (a view)."""
     shared = key in SHARED_STATE or not torch.is_tensor(value)
-    return value if not torch.is_tensor(value) else value.clone() if shared else value[i].clone()
+    return value if shared else value[i]

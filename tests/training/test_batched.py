@@ -314,3 +314,15 @@ def test_a_fresh_cohort_is_evaluated_at_its_start_in_one_stacked_pass(tmp_path, 
         assert [r["step"] for r in stacked] == [0, 10, 20]
         assert stacked[0]["test_accuracy"] == one[0]["test_accuracy"]  # the same initial weights
         assert stacked[0]["val_loss"] == pytest.approx(one[0]["val_loss"], rel=1e-5)
+
+
+def test_a_batched_runs_checkpoints_hold_its_own_copy_only(tmp_path):
+    cfg = tiny(optimizer="adam", lr=0.01, steps=20, checkpoint_every=10, save_at=(10,))
+    data = load_data(cfg)
+    train_runs(specs(cfg, data, tmp_path), data, batched=True, progress=False)
+    for i in range(3):
+        for name in ("step_0000010.pt", "final.pt"):
+            ck = load_checkpoint(tmp_path / f"run{i}" / "checkpoints" / name)
+            moments = [t for s in ck["optimizer"]["state"].values() for t in s.values()]
+            for t in [*ck["model"].values(), *moments]:
+                assert t.untyped_storage().nbytes() == t.numel() * t.element_size()
