@@ -70,7 +70,8 @@ class Mask:
         return list(self.tensors)
 
     def kept(self) -> int:
-        return int(sum(int(t.sum()) for t in self.tensors.values()))
+        """Weights kept, summed where the mask lives (one host sync, not one per tensor)."""
+        return int(sum(t.sum() for t in self.tensors.values()))
 
     def total(self) -> int:
         return int(sum(t.numel() for t in self.tensors.values()))
