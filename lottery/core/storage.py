@@ -1,6 +1,6 @@
 """Files on disk: atomic writes (also in the background), safe checkpoint loads, JSON records,
-folder locks' holders and run provenance. torch loads only for checkpoints and provenance, so records and locks can be read
-by a process that trains nothing (a sweep's worker)."""
+folder locks' holders and run provenance. torch loads only for checkpoints and provenance, so
+records and locks can be read by a process that trains nothing (a sweep's worker)."""
 
 from __future__ import annotations
 
