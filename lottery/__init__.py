@@ -26,6 +26,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "write_json": ("lottery.core.storage", "write_json"),
     "default_threads": ("lottery.core.device", "default_threads"),
     "resolve_device": ("lottery.core.device", "resolve_device"),
+    "eval_batch_size": ("lottery.core.device", "eval_batch_size"),
     # data and models
     "DatasetNotFoundError": ("lottery.datasets.loading", "DatasetNotFoundError"),
     "Splits": ("lottery.datasets.loading", "Splits"),
@@ -75,6 +76,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "Schedule": ("lottery.pruning.schedules", "Schedule"),
     # training
     "train_runs": ("lottery.training.engine", "train_runs"),
+    "evaluate": ("lottery.training.stacked", "evaluate"),
     "RunSpec": ("lottery.training.run", "RunSpec"),
     "TrainResult": ("lottery.training.run", "TrainResult"),
     "FolderInUseError": ("lottery.training.runfolder", "FolderInUseError"),

@@ -9,9 +9,7 @@ from __future__ import annotations
 import torch
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery.core.device import eval_batch_size, resolve_device
-from lottery.models.registry import build_model
-from lottery.training.stacked import evaluate
+from lottery import build_model, eval_batch_size, evaluate, resolve_device
 
 FIXED = 2048
 NETS = {"conv2": (1, 28, 28), "allconv": (1, 28, 28), "resnet20": (3, 32, 32)}
