@@ -1,7 +1,8 @@
 """Trainer overhead: seconds per epoch of LeNet-300-100 on Fashion-MNIST (batch 128, SGD momentum
 0.9) through the Trainer against a bare tensor-indexed loop, measured alternately in one run, both
-at torch's thread count (a run that names no --threads would take one thread for this network,
-which is a different comparison). Two rows:
+at the thread count a run that names no --threads takes for this network (one; see
+`lottery.core.device.default_threads`); on a machine with a core to spare, the Trainer scores the
+start of the run there while it trains. Two rows:
 
 - the same evaluations: the bare loop also scores validation and test at the start and the end
   (as a fresh run records step 0 and its last step) and saves its final state; target <= 1.03x;
@@ -18,15 +19,16 @@ import torch
 import torch.nn.functional as F
 
 from experiments.benchmarks.common import Row, cli, interleaved
-from lottery import TrainConfig, Trainer, load_data, make_model
+from lottery import TrainConfig, Trainer, default_threads, load_data, make_model
 
 EVAL_BATCH = 2048
 
 
 def run(quick: bool = False, device: str = "cpu") -> list[Row]:
     cfg = TrainConfig(epochs=1, batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9,
-                      device=device, threads=torch.get_num_threads())  # fmt: skip
+                      device=device)  # fmt: skip
     data = load_data(cfg)
+    threads = default_threads(make_model(cfg, data), data.input_shape, cfg.batch_size)
     steps = len(data.train_x) // cfg.batch_size
 
     def trainer() -> None:
@@ -69,9 +71,14 @@ def run(quick: bool = False, device: str = "cpu") -> list[Row]:
                            Path(d) / "final.pt")  # fmt: skip
 
     repeats = 3 if quick else 7
-    same, base_same = interleaved(trainer, lambda: bare(True), repeats=repeats, device=device)
-    ours, base = interleaved(trainer, lambda: bare(False), repeats=repeats, device=device)
-    what = "s/epoch (LeNet-300-100, FMNIST, b128)"
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the bare loop's; the Trainer sets the same itself
+    try:
+        same, base_same = interleaved(trainer, lambda: bare(True), repeats=repeats, device=device)
+        ours, base = interleaved(trainer, lambda: bare(False), repeats=repeats, device=device)
+    finally:
+        torch.set_num_threads(before)
+    what = f"s/epoch (LeNet-300-100, FMNIST, b128, {threads} thread{'s' * (threads > 1)})"
     return [
         Row(
             f"Trainer vs bare loop with the same evaluations, {what}",

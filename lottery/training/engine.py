@@ -17,9 +17,11 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from lottery.core import distributed
@@ -29,7 +31,7 @@ from lottery.core.optim import Optimizer
 from lottery.datasets.loading import Splits
 from lottery.pruning.masks import Mask
 from lottery.training.run import Run, RunSpec, StartState, TrainResult
-from lottery.training.stacked import SingleCopy, StackedCopies
+from lottery.training.stacked import SingleCopy, StackedCopies, evaluate
 
 Copies = SingleCopy | StackedCopies
 
@@ -47,18 +49,13 @@ class Hooks:
 
 
 def begin(
-    run: Run,
-    start: StartState | None,
-    data: Splits,
-    hooks: Hooks,
-    at: int | None = None,
-    evaluate: bool = True,
+    run: Run, start: StartState | None, data: Splits, hooks: Hooks, at: int | None = None
 ) -> tuple[SingleCopy, int, bool]:
     """Open the run's folder and set its copy to the resume checkpoint (the one at step `at`
     when given, else the latest) or to `start`; True if the run is fresh.
 
-    A fresh run applies its pruner's update due at the start step, keeps a checkpoint there if
-    asked and (`evaluate`: else its caller does, with its cohort) evaluates once, so that its
+    A fresh run applies its pruner's update due at the start step and keeps a checkpoint there
+    if asked; its caller evaluates it there (`start_record`, or with its cohort), so that its
     records begin at the start step (unless --skip-start-eval: then at the first evaluation due
     after it).
     """
@@ -80,8 +77,6 @@ def begin(
         if run.stopper is not None and run.stopper.due(step):
             run.stopper.observe(step, single.module(0))  # the first mask: nothing to stop on
         checkpoint(single, 0, step, hooks)
-        if evaluate and not run.cfg.skip_start_eval:
-            record(single, step, data, hooks)
     distributed.check_model_agrees(run.model, mask_tensors(run.mask), f"the start of {run.dir}")
     return single, step, ck is None
 
@@ -126,18 +121,86 @@ def record(
             hook(run, rec)
 
 
-class Engine:
-    """Trains one set of copies (one run, or one cohort stacked) from `step` to the end."""
+def overlaps(run: Run) -> bool:
+    """Whether a run's start-of-run evaluation can go on beside its training: on CPU cores the
+    run leaves idle, in one process (`Run.eval_workers`)."""
+    return run.eval_workers > 1
 
-    def __init__(self, copies: Copies, data: Splits, *, progress: bool = True, hooks: Hooks):
-        self.copies, self.data, self.hooks = copies, data, hooks
+
+def score(model: nn.Module, data: Splits, batch: int, bf16: bool) -> tuple[tuple, tuple]:
+    """Validation and test (loss, accuracy) of `model`."""
+    return (
+        evaluate(model, data.val_x, data.val_y, batch, bf16),
+        evaluate(model, data.test_x, data.test_y, batch, bf16),
+    )
+
+
+class StartRecord:
+    """A fresh run's start-of-run evaluation, scored on a copy of its weights in a background
+    thread while training goes on (on a core the run leaves idle), and logged (`finish`) at the
+    first step where the loop touches the run's records or mask, before anything else is."""
+
+    def __init__(self, single: SingleCopy, step: int, data: Splits, hooks: Hooks):
+        run = self.run = single.runs[0]
+        self.step, self.hooks = step, hooks
+        self.lr = single.optimizer.param_groups[0]["lr"]
+        model, batch = copy.deepcopy(run.model), run.eval_batch  # the weights at `step`
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="lottery-eval")
+        self.scores = self.pool.submit(score, model, data, batch, run.cfg.bf16)
+
+    def finish(self) -> None:
+        val, test = self.scores.result()
+        self.close()
+        rec = self.run.log(self.step, self.lr, val, test)
+        for hook in self.hooks.at_evaluation:
+            hook(self.run, rec)
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
+def start_record(single: SingleCopy, step: int, data: Splits, hooks: Hooks) -> StartRecord | None:
+    """A fresh run's start-of-run evaluation: beside training where it can (`overlaps`), else
+    now; none with --skip-start-eval."""
+    run = single.runs[0]
+    if run.cfg.skip_start_eval:
+        return None
+    if overlaps(run):
+        return StartRecord(single, step, data, hooks)
+    record(single, step, data, hooks)
+    return None
+
+
+class Engine:
+    """Trains one set of copies (one run, or one cohort stacked) from `step` to the end; a
+    single run's start-of-run evaluation may still be under way (`pending`)."""
+
+    def __init__(
+        self,
+        copies: Copies,
+        data: Splits,
+        *,
+        progress: bool = True,
+        hooks: Hooks,
+        pending: StartRecord | None = None,
+    ):
+        self.copies, self.data, self.hooks, self.pending = copies, data, hooks, pending
         self.runs = copies.runs
         self.progress = progress and distributed.is_main()
+
+    def settle(self) -> None:
+        """Log the start-of-run evaluation under way, if any."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.finish()
 
     def fit(self, step: int) -> list[TrainResult]:
         try:
             end = self.loop(step)
+            self.settle()  # a run with no step left to train
         finally:  # also when training fails: what was checkpointed reaches the disk
+            if self.pending is not None:
+                self.pending.close()
             for r in self.runs:
                 r.wait_for_writes()
         c = self.copies
@@ -185,6 +248,13 @@ class Engine:
             count += 1
             bar.update(1)
             done = s + 1
+            if self.pending is not None and (
+                done in any_prune
+                or lead.eval_due(done)
+                or lead.checkpoint_due(done)
+                or (stopper is not None and stopper.due(done))
+            ):
+                self.settle()
             for i in (i for i in range(k) if done in prune_at[i]) if done in any_prune else ():
                 prune(c, i, done, hooks)
             stop = stopper is not None and stopper.due(done) and stopper.observe(done, c.module(0))
@@ -224,10 +294,12 @@ def fit_one(
     if run.finished():
         return run.stored_result()
     with run_threads(run.threads), distributed.guard(f"training in {run.dir}"):
-        single, step, _ = begin(run, start, data, hooks)
+        single, step, fresh = begin(run, start, data, hooks)
+        pending = start_record(single, step, data, hooks) if fresh else None
         if started is not None:
             started(single)
-        return Engine(single, data, progress=progress, hooks=hooks).fit(step)[0]
+        engine = Engine(single, data, progress=progress, hooks=hooks, pending=pending)
+        return engine.fit(step)[0]
 
 
 def train_runs(
@@ -267,7 +339,7 @@ def train_runs(
             results[i] = run.stored_result()
             continue
         with run_threads(run.threads):
-            single, step, fresh = begin(run, spec.start, data, hooks, at.get(i), evaluate=False)
+            single, step, fresh = begin(run, spec.start, data, hooks, at.get(i))
         cohorts.setdefault(cohort_key(single, step), []).append((i, single, step, fresh))
     for members in cohorts.values():
         singles, step = [m[1] for m in members], members[0][2]

@@ -25,6 +25,7 @@ from lottery.core import distributed, layout, storage
 from lottery.core.batches import BatchStream
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.device import (
+    available_cores,
     check_fast_path,
     check_threads,
     default_threads,
@@ -387,6 +388,14 @@ class Run:
     def eval_batch(self) -> int:
         """Examples per evaluation batch: --eval-batch, else the largest that fits the device."""
         return self.cfg.eval_batch or eval_batch_size(self.model, self.shape[0], self.device)
+
+    @functools.cached_property
+    def eval_workers(self) -> int:
+        """Threads an evaluation may score batches on: the CPU cores the run's training threads
+        leave idle, counted in runs of its thread count (one in a data-parallel run)."""
+        if self.device.type != "cpu" or distributed.world_size() > 1:
+            return 1
+        return max(1, available_cores() // self.threads)
 
     @functools.cached_property
     def profile(self) -> Profile:

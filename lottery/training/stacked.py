@@ -13,6 +13,7 @@ K separate ones, so batching pays there for fully connected nets only.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from logging import getLogger
 from typing import Any
 
@@ -40,11 +41,14 @@ def evaluate(
     batch_size: int | None = None,
     bf16: bool = False,
     sharded: bool = False,
+    workers: int = 1,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over (x, y), one host sync at the end; batches of
     `batch_size` (default: the largest that fits, `lottery.core.device.eval_batch_size`).
 
     `sharded`: in a data-parallel run each rank scores its own slice and the sums are all-reduced.
+    `workers` > 1 scores batches on that many threads (CPU cores a run leaves idle); their sums
+    are added in batch order, so the result is bit for bit the one-thread one.
     """
     n = len(x)
     if n == 0:
@@ -56,12 +60,22 @@ def evaluate(
     model.eval()
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.long)
-    for i in range(0, len(x), batch_size):
+
+    def part(i: int) -> tuple[torch.Tensor, torch.Tensor]:
         xb, yb = x[i : i + batch_size], y[i : i + batch_size]
-        with autocast(x.device, bf16):
+        with torch.no_grad(), autocast(x.device, bf16):  # both are per thread
             out = model(xb)
-        loss += F.cross_entropy(out.float(), yb, reduction="sum")
-        correct += (out.argmax(1) == yb).sum()
+        return F.cross_entropy(out.float(), yb, reduction="sum"), (out.argmax(1) == yb).sum()
+
+    starts = range(0, len(x), batch_size)
+    if workers > 1:
+        with ThreadPoolExecutor(workers, thread_name_prefix="lottery-eval") as pool:
+            parts = list(pool.map(part, starts))
+    else:
+        parts = map(part, starts)
+    for batch_loss, batch_correct in parts:
+        loss += batch_loss
+        correct += batch_correct
     model.train(was_training)
     if sharded:
         loss, correct = distributed.all_reduce_sum(torch.stack([loss.double(), correct.double()]))
@@ -133,7 +147,8 @@ class SingleCopy:
         self.refresh_masks()
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor, bf16: bool) -> list[tuple[float, float]]:
-        return [evaluate(self.model, x, y, self.runs[0].eval_batch, bf16, sharded=True)]
+        run = self.runs[0]
+        return [evaluate(self.model, x, y, run.eval_batch, bf16, True, run.eval_workers)]
 
     def state(self, i: int) -> tuple[dict, dict, dict]:
         return self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict()

@@ -16,6 +16,7 @@ from lottery.core import storage
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.optim import lr_factor
 from lottery.core.storage import CheckpointError, load_checkpoint
+from lottery.training import engine
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState
 from lottery.training.setup import load_data, make_model
@@ -310,3 +311,71 @@ def test_training_goes_on_while_a_checkpoint_is_written(tmp_path, monkeypatch):
     fit(tiny(), tmp_path / "run", on_step=at_step)
     assert waited == [True]
     assert_same_state(final_model(tmp_path / "whole"), final_model(tmp_path / "run"))
+
+
+def metrics_lines(run_dir) -> list[str]:
+    return (run_dir / "metrics.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_the_start_evaluation_beside_training_records_what_it_would_alone(
+    tmp_path, monkeypatch, pruned
+):
+    """Scored on a spare core while training goes on, or before it: the same records, bit for
+    bit, also when a mask update falls before the first evaluation."""
+    from lottery.pruning.pruner import GradualPruner
+    from lottery.pruning.schedules import Schedule
+
+    def train(run_dir, beside: bool) -> None:
+        monkeypatch.setattr(engine, "overlaps", lambda run: beside)
+        pruner = GradualPruner(Schedule("agp", 0.5, end=0.5), 60, every=10) if pruned else None
+        fit(tiny(), run_dir, pruner=pruner)
+
+    train(tmp_path / "alone", False)
+    train(tmp_path / "beside", True)
+    assert metrics_lines(tmp_path / "beside") == metrics_lines(tmp_path / "alone")
+    assert [json.loads(x)["step"] for x in metrics_lines(tmp_path / "beside")] == [0, 20, 40, 60]
+    assert_same_state(final_model(tmp_path / "alone"), final_model(tmp_path / "beside"))
+
+
+def test_training_goes_on_while_the_start_evaluation_is_scored(tmp_path, monkeypatch):
+    reached, real_score, waited = threading.Event(), engine.score, []
+
+    def slow_score(*args):
+        waited.append(reached.wait(timeout=60))
+        return real_score(*args)
+
+    def at_step(done: int) -> None:
+        if done == 5:
+            reached.set()
+
+    monkeypatch.setattr(engine, "overlaps", lambda run: True)
+    monkeypatch.setattr(engine, "score", slow_score)
+    fit(tiny(), tmp_path / "run", on_step=at_step)
+    assert waited == [True]
+    assert [json.loads(x)["step"] for x in metrics_lines(tmp_path / "run")] == [0, 20, 40, 60]
+    assert not [t for t in threading.enumerate() if t.name.startswith("lottery-eval")]
+
+
+def test_a_crash_before_the_start_evaluation_is_logged_resumes_exactly(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine, "overlaps", lambda run: True)
+    fit(tiny(), tmp_path / "whole")
+    with pytest.raises(Crash):
+        fit(tiny(), tmp_path / "killed", on_step=crash_at(3))
+    fit(tiny(), tmp_path / "killed")
+    assert metrics_lines(tmp_path / "killed") == metrics_lines(tmp_path / "whole")
+    assert_same_state(final_model(tmp_path / "whole"), final_model(tmp_path / "killed"))
+
+
+def test_evaluation_on_several_threads_is_bit_for_bit_the_one_thread_one():
+    from lottery.models.registry import build_model
+
+    x = torch.randn(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(300) % 10
+    for name in ("conv2", "lenet_300_100"):
+        model = build_model(name, (1, 28, 28), 10, seed=0)
+        one = evaluate(model, x, y, 32)
+        for workers in (2, 3):
+            assert evaluate(model, x, y, 32, workers=workers) == one
+        assert model.training
+    assert not [t for t in threading.enumerate() if t.name.startswith("lottery-eval")]
