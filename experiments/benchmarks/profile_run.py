@@ -7,7 +7,8 @@ count's one forward pass), evaluation, checkpoints, records (config, metrics, su
 pruning (mask updates) and compaction (mask.npz, weights.npz); the training steps are the loop's
 own time, and "other" what no wrapper covers (argument parsing, checks, interpreter exit). Only
 the main thread's time counts: a checkpoint written in the background costs the run the copy
-it takes and any wait for the write. `prune` runs three ways: at the defaults, at the evaluation
+it takes and any wait for the write, and a start-of-run evaluation scored beside training
+costs it the wait for its result, if any. `prune` runs three ways: at the defaults, at the evaluation
 batch of 2048 that every run used before batches were sized to the device, and with
 --skip-start-eval. Medians over --repeats runs, each in its own process.
 
@@ -31,7 +32,10 @@ PHASES = {
     "data": ["lottery.training.setup:load_data"],
     "model": ["lottery.training.setup:make_model"],
     "threads": ["lottery.core.device:default_threads"],
-    "evaluation": ["lottery.training.stacked:evaluate"],
+    "evaluation": [
+        "lottery.training.stacked:evaluate",
+        "lottery.training.engine:StartRecord.finish",
+    ],
     "checkpoints": [
         "lottery.core.storage:save_checkpoint",
         "lottery.core.storage:load_checkpoint",
