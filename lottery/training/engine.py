@@ -8,7 +8,8 @@
 The loop: batch, forward, backward, [after-backward hooks], optimizer and LR step, the fused mask
 multiply, [after-step hooks]; then, where due, each copy's pruning update, evaluation and
 checkpoint, each with its hook. K = 1 runs the plain module and is bit-for-bit the single-run
-trainer; a run's `seconds` is its share (1/K) of the cohort's wall time.
+trainer; a run's `seconds` is its share (1/K) of the cohort's wall time. A single run's
+start-of-run evaluation goes on beside its first steps where a CPU core is idle (`StartRecord`).
 """
 
 from __future__ import annotations

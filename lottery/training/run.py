@@ -499,6 +499,7 @@ class Run:
             self.writer.submit(self.write_checkpoint, step, storage.snapshot(state), named, resume)
 
     def write_checkpoint(self, step: int, state: dict[str, Any], named: bool, resume: bool) -> None:
+        """Write one checkpoint (on the writer's thread): the --save-at file, last.pt, or both."""
         if named:
             storage.save_checkpoint(state, layout.step_checkpoint(self.dir, step))
         if resume:
