@@ -24,7 +24,6 @@ from lottery import (
     compute_ledger,
     ledger_summary,
     plots,
-    write_json,
 )
 
 MODEL = "lenet_300_100"
@@ -85,16 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     table = ledger_summary(frame)
     md = markdown(table)
     seconds = time.perf_counter() - t0
-    out = args.out / "compute_ledger"
-    write_json({"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds,
-                "rows": table.to_dict("records")}, out / "results.json")  # fmt: skip
-    (out / "table.md").write_text(md + "\n")
+    out = shared.publish(args, "compute_ledger", md, seconds, {"rows": table.to_dict("records")})
     frame.to_csv(out / "ledger.csv", index=False)
     fig = plots.accuracy_vs_compute(
         table.to_dict("records"), "LeNet-300-100 on Fashion-MNIST: accuracy vs training compute"
     )
     plots.save(fig, out / "compute_ledger.png")
-    print(md)
     print(f"{seconds:.0f} s; results: {out / 'results.json'}; figure: compute_ledger.png")
     return 0
 

@@ -27,7 +27,6 @@ from lottery import (
     read_jsonl,
     stat_text,
     summarize,
-    write_json,
 )
 
 MODEL = "lenet_300_100"
@@ -139,14 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     watched = traces(args)
     md = markdown(results)
     seconds = time.perf_counter() - t0
-    out = args.out / "early_bird"
-    write_json({"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds,
-                "sparsities": shared.SPARSITIES,
-                **{LABELS[eb]: rows for eb, rows in results.items()},
-                "distances": watched}, out / "results.json")  # fmt: skip
-    (out / "table.md").write_text(md + "\n")
+    out = shared.publish(args, "early_bird", md, seconds, {
+        "sparsities": shared.SPARSITIES, **{LABELS[eb]: rows for eb, rows in results.items()},
+        "distances": watched})  # fmt: skip
     figure(results, watched, out / "early_bird.png")
-    print(md)
     print(f"{seconds:.0f} s; results: {out / 'results.json'}; figure: {out / 'early_bird.png'}")
     return 0
 

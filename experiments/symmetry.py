@@ -32,7 +32,6 @@ from lottery import (
     permute_mask,
     stat_text,
     summarize,
-    write_json,
 )
 
 MODELS = ("lenet_300_100", "conv2")
@@ -131,12 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INCOMPLETE
     md = "\n\n".join(markdown(m, rounds) for m, rounds in results.items())
     seconds = time.perf_counter() - t0
-    out = args.out / "symmetry"
-    write_json({"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds,
-                "sparsities": shared.SPARSITIES, **results}, out / "results.json")  # fmt: skip
-    (out / "table.md").write_text(md + "\n")
+    out = shared.publish(args, "symmetry", md, seconds,
+                         {"sparsities": shared.SPARSITIES, **results})  # fmt: skip
     figure(results, out / "symmetry.png")
-    print(md)
     print(f"{seconds:.0f} s; results: {out / 'results.json'}; figure: {out / 'symmetry.png'}")
     return 0
 

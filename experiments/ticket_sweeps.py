@@ -22,6 +22,7 @@ from lottery import (
     point_name,
     run_length,
     run_sweep,
+    write_json,
 )
 
 FRACTION = 0.6  # of the remaining weights, per round
@@ -83,6 +84,19 @@ def run(sweep: Sweep, folder: Path, args: argparse.Namespace) -> Path:
     options = SweepOptions(workers=args.workers)
     run_sweep(sweep, folder, args.executor, options, progress=not args.quiet).require_complete()
     return folder
+
+
+def publish(
+    args: argparse.Namespace, name: str, md: str, seconds: float, results: dict[str, Any]
+) -> Path:
+    """Write a study's results.json (with its settings and seconds) and table.md into
+    --out/NAME, print the table, and return the folder (for the study's figure)."""
+    out = args.out / name
+    write_json({"settings": {**vars(args), "out": str(args.out)}, "seconds": seconds, **results},
+               out / "results.json")  # fmt: skip
+    (out / "table.md").write_text(md + "\n")
+    print(md)
+    return out
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -391,8 +391,8 @@ class Run:
 
     @functools.cached_property
     def eval_workers(self) -> int:
-        """Threads an evaluation may score batches on: the CPU cores the run's training threads
-        leave idle, counted in runs of its thread count (one in a data-parallel run)."""
+        """Threads an evaluation may score batches on: the CPU cores available over the run's
+        thread count (one on a GPU or in a data-parallel run)."""
         if self.device.type != "cpu" or distributed.world_size() > 1:
             return 1
         return max(1, available_cores() // self.threads)

@@ -16,6 +16,9 @@ from lottery.core import storage
 from lottery.core.config import ConfigError, TrainConfig
 from lottery.core.optim import lr_factor
 from lottery.core.storage import CheckpointError, load_checkpoint
+from lottery.models.registry import build_model
+from lottery.pruning.pruner import GradualPruner
+from lottery.pruning.schedules import Schedule
 from lottery.training import engine
 from lottery.training.engine import train_runs
 from lottery.training.run import RunSpec, StartState
@@ -323,8 +326,6 @@ def test_the_start_evaluation_beside_training_records_what_it_would_alone(
 ):
     """Scored on a spare core while training goes on, or before it: the same records, bit for
     bit, also when a mask update falls before the first evaluation."""
-    from lottery.pruning.pruner import GradualPruner
-    from lottery.pruning.schedules import Schedule
 
     def train(run_dir, beside: bool) -> None:
         monkeypatch.setattr(engine, "overlaps", lambda run: beside)
@@ -368,8 +369,6 @@ def test_a_crash_before_the_start_evaluation_is_logged_resumes_exactly(tmp_path,
 
 
 def test_evaluation_on_several_threads_is_bit_for_bit_the_one_thread_one():
-    from lottery.models.registry import build_model
-
     x = torch.randn(300, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     y = torch.arange(300) % 10
     for name in ("conv2", "lenet_300_100"):
